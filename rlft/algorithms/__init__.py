@@ -1,0 +1,7 @@
+"""Learner algorithms: advantage estimators, aggregation modes, policy losses, presets."""
+
+from rlft.algorithms.advantages import ADVANTAGES
+from rlft.algorithms.aggregation import AGGREGATIONS
+from rlft.algorithms.presets import ALGO_PRESETS, register_algo
+
+__all__ = ["ADVANTAGES", "AGGREGATIONS", "ALGO_PRESETS", "register_algo"]

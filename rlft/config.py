@@ -1,0 +1,324 @@
+"""Typed run configuration: defaults here, presets from `--algo`, YAML files, `key=value` overrides.
+
+Every option is defined once, in the section below that owns it, with its default and its help
+text (the `description`). `resolve_config` layers the sources in this order, later wins:
+
+    defaults  <  algo preset (--algo or `algo.name` in the file)  <  --config FILE  <  key=value
+
+and turns every mistake into a ConfigError that names the key, what is allowed and the closest
+match, so the CLI can print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from rlft.errors import ConfigError
+from rlft.registry import closest, unknown_choice_message
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, values are validated on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    path: str = Field(
+        "embedded",
+        description="'embedded' (the tiny model shipped in rlft), a local Hugging Face model folder, or a hub id",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="parameter dtype of the policy on the learner and the rollout engine"
+    )
+    trust_remote_code: bool = Field(False, description="passed to transformers' from_pretrained")
+    attn_implementation: str | None = Field(None, description="transformers attention backend, e.g. 'sdpa', 'eager'")
+
+
+class DataConfig(Section):
+    source: str = Field(
+        "arithmetic",
+        description="'arithmetic' (the embedded task), a .jsonl/.json/.parquet file, or a datasets name",
+    )
+    subset: str | None = Field(None, description="datasets config name (e.g. 'main' for gsm8k)")
+    split: str = Field("train", description="split used for training")
+    eval_source: str | None = Field(None, description="held-out data; default: eval_split of `source`")
+    eval_split: str = Field("test", description="split used for held-out evaluation")
+    prompt_field: str = Field("prompt", description="row field holding the problem text")
+    answer_field: str = Field("answer", description="row field holding the reference answer")
+    prompt_template: str = Field("{prompt}", description="format string applied to the prompt field")
+    chat_template: bool = Field(False, description="wrap the prompt in the tokenizer's chat template")
+    system_prompt: str | None = Field(None, description="system message when chat_template is on")
+    eval_size: int = Field(500, ge=1, description="held-out problems evaluated (counted in prompts)")
+    max_prompt_tokens: int = Field(1024, ge=1, description="longer prompts are dropped from the data")
+    max_digits: int = Field(3, ge=1, le=9, description="arithmetic task: operands have 1..max_digits digits")
+
+
+class RolloutConfig(Section):
+    engine: Literal["builtin", "vllm"] = Field("builtin", description="generation backend")
+    num_workers: int = Field(1, ge=1, description="rollout actors; prompts are split between them")
+    group_size: int = Field(8, ge=1, description="G: completions sampled per prompt")
+    prompts_per_step: int = Field(32, ge=1, description="B: prompts per training step")
+    temperature: float = Field(1.0, ge=0.0, description="sampling temperature; 0 means greedy")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass")
+    max_new_tokens: int = Field(8, ge=1, description="response length cap, counted in tokens")
+    stop: list[str] = Field(default_factory=list, description="strings that end a response (kept in it)")
+    sampling: Literal["full", "micro", "infinite"] = Field(
+        "full", description="full group at once, micro-groups of micro_group_size, or Infinite-Sampling"
+    )
+    micro_group_size: int = Field(4, ge=1, description="g: concurrent samples per group in micro/infinite")
+    max_slots: int = Field(256, ge=1, description="decode slots (concurrent sequences) of the built-in engine")
+    device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:i]' for the built-in engine")
+    gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0, description="vLLM: fraction of GPU memory")
+    eval_temperature: float = Field(0.0, ge=0.0, description="held-out evaluation temperature (0: greedy)")
+
+
+class RewardSpec(Section):
+    name: str = Field(description="registered reward name, 'file.py:function' or 'package.module:function'")
+    weight: float = Field(1.0, description="weight in the summed reward")
+
+
+class RewardConfig(Section):
+    functions: list[RewardSpec] = Field(
+        default_factory=lambda: [RewardSpec(name="exact_answer")],
+        description="reward functions and weights; the step's reward is their weighted sum",
+    )
+    num_workers: int = Field(1, ge=1, description="reward actors")
+    failure_reward: float = Field(0.0, description="reward given to a sample whose reward function failed")
+    timeout_s: float = Field(10.0, gt=0.0, description="per-sample time limit of a reward function, seconds")
+    max_failure_rate: float = Field(
+        0.5, ge=0.0, le=1.0, description="stop the run (after a checkpoint) past this fraction of failed samples"
+    )
+
+
+class AlgoConfig(Section):
+    name: str = Field("grpo-ba", description="the preset this run started from (see --help)")
+    advantage: str = Field("grpo", description="advantage estimator")
+    aggregation: str = Field("balanced", description="how per-token losses are summed (DESIGN 4.2)")
+    std_eps: float = Field(1e-6, ge=0.0, description="epsilon added to the group std (grpo)")
+    clip_eps_low: float = Field(0.2, ge=0.0, description="PPO ratio clip below 1")
+    clip_eps_high: float = Field(0.2, ge=0.0, description="PPO ratio clip above 1 (clip-higher when larger)")
+    dual_clip: float | None = Field(None, gt=1.0, description="dual-clip bound c for negative advantages")
+    kl_coef: float = Field(0.0, ge=0.0, description="weight of the KL to the frozen reference (0: no reference)")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator")
+    entropy_coef: float = Field(0.0, description="entropy bonus weight")
+    num_minibatches: int = Field(1, ge=1, description="optimizer steps per rollout batch (split by prompts)")
+
+
+class LearnerConfig(Section):
+    backend: Literal["torch", "deepspeed"] = Field("torch", description="single-process torch or DeepSpeed ZeRO")
+    num_workers: int = Field(1, ge=1, description="data-parallel learner actors (deepspeed backend)")
+    zero_stage: int = Field(2, ge=0, le=3, description="DeepSpeed ZeRO stage")
+    micro_batch_size: int = Field(64, ge=1, description="sequences per forward/backward pass")
+    device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:i]'")
+    gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
+
+
+class OptimConfig(Section):
+    name: str = Field("adamw", description="optimizer")
+    lr: float = Field(1e-4, gt=0.0, description="learning rate")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas")
+    eps: float = Field(1e-8, gt=0.0, description="Adam epsilon")
+    weight_decay: float = Field(0.0, ge=0.0, description="decoupled weight decay")
+    grad_clip: float = Field(1.0, ge=0.0, description="max global gradient norm (0: off)")
+    warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up, counted in optimizer steps")
+
+
+class TrainConfig(Section):
+    steps: int = Field(200, ge=1, description="training steps (one rollout batch each)")
+    seed: int = Field(0, description="seed of data order, sampling and initialisation")
+    eval_every: int = Field(25, ge=0, description="held-out evaluation every N steps (0: start and end only)")
+    save_every: int = Field(100, ge=0, description="checkpoint every N steps (0: only at the end)")
+    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept on disk")
+    output_dir: str = Field("runs", description="folder that holds run folders")
+    run_name: str | None = Field(None, description="run folder name; default: algo name and time")
+    progress: bool = Field(True, description="show the progress bar")
+
+
+class RayConfig(Section):
+    address: str | None = Field(None, description="join this Ray cluster (e.g. 'auto'); default: start a local one")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray instance (default: all)")
+    torch_threads: int | None = Field(None, ge=1, description="torch threads per actor (default: all cores)")
+
+
+class RLConfig(Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    algo: AlgoConfig = Field(default_factory=AlgoConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @field_validator("reward")
+    @classmethod
+    def _at_least_one_reward(cls, value: RewardConfig) -> RewardConfig:
+        if not value.functions:
+            raise ValueError("reward.functions is empty; give at least one reward (e.g. --reward exact_answer)")
+        return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Building a config from its sources
+
+
+def _section_fields(path: list[str]) -> dict[str, Any] | None:
+    """The fields of the section at `path` (e.g. ['rollout']), or None if it is not a section."""
+    model: type[BaseModel] = RLConfig
+    for part in path:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model.model_fields
+
+
+def _unknown_key_message(dotted: str) -> str:
+    parts = dotted.split(".")
+    fields = _section_fields(parts[:-1])
+    if fields is None:
+        return f"unknown config key {dotted!r}"
+    allowed = sorted(fields)
+    hint = closest(parts[-1], allowed)
+    prefix = ".".join(parts[:-1])
+    msg = f"unknown config key {dotted!r}; keys{' in ' + prefix if prefix else ''}: {', '.join(allowed)}"
+    if hint:
+        msg += f"; did you mean {(prefix + '.' if prefix else '') + hint!r}?"
+    return msg
+
+
+def _validation_message(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(_unknown_key_message(key))
+        elif e["type"] == "literal_error":
+            choices = [str(c) for c in (e.get("ctx") or {}).get("expected", "").replace("'", "").split(" or ")]
+            choices = [c for part in choices for c in part.split(", ")]
+            lines.append(unknown_choice_message(key, e["input"], choices))
+        else:
+            lines.append(f"{key}: {e['msg']} (got {e['input']!r})")
+    return "; ".join(lines)
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    """`base` with `update` merged in, recursively for nested dicts (lists are replaced)."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'rollout.group_size=16' -> (['rollout', 'group_size'], 16); values are read as YAML scalars."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value (e.g. rollout.group_size=16)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def _set_path(tree: dict, path: list[str], value: Any) -> None:
+    node = tree
+    for i, part in enumerate(path[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(path[: i + 1])} is a value, not a section; cannot set {'.'.join(path)}")
+        node = child
+    node[path[-1]] = value
+
+
+def load_yaml(path: str | Path) -> dict:
+    """A YAML config file as a dict; a ConfigError for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def build_config(tree: dict) -> RLConfig:
+    """Validate a nested dict into an RLConfig; every problem becomes one ConfigError."""
+    try:
+        cfg = RLConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_validation_message(err)) from None
+    check_names(cfg)
+    return cfg
+
+
+def check_names(cfg: RLConfig) -> None:
+    """Names that live in registries (filled on import) are checked here rather than by Literal types."""
+    from rlft.algorithms import ADVANTAGES, AGGREGATIONS
+    from rlft.optim import OPTIMIZERS
+
+    ADVANTAGES.get(cfg.algo.advantage, key="algo.advantage")
+    AGGREGATIONS.get(cfg.algo.aggregation, key="algo.aggregation")
+    OPTIMIZERS.get(cfg.optim.name, key="optim.name")
+
+
+def resolve_config(
+    algo: str | None = None, config_file: str | None = None, overrides: list[str] | None = None
+) -> RLConfig:
+    """The run config from an algo preset name, an optional YAML file and `key=value` overrides."""
+    from rlft.algorithms import ALGO_PRESETS
+
+    file_tree = load_yaml(config_file) if config_file else {}
+    override_tree: dict = {}
+    for text in overrides or []:
+        path, value = parse_override(text)
+        _set_path(override_tree, path, value)
+
+    name = algo or override_tree.get("algo", {}).get("name") or file_tree.get("algo", {}).get("name") or "grpo-ba"
+    preset = ALGO_PRESETS.get(name, key="--algo")
+    tree = deep_merge(preset, {"algo": {"name": name}})
+    tree = deep_merge(tree, file_tree)
+    tree = deep_merge(tree, override_tree)
+    tree.setdefault("algo", {})["name"] = name
+    return build_config(tree)
+
+
+def config_to_yaml(cfg: RLConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def describe_options() -> str:
+    """Every option with its default and help text, for --help."""
+    lines = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name}.")
+                continue
+            default = field.get_default(call_default_factory=True)
+            if isinstance(default, BaseModel) or (isinstance(default, list) and default and isinstance(default[0], BaseModel)):
+                default = [d.model_dump() if isinstance(d, BaseModel) else d for d in default]
+            lines.append(f"  {prefix}{name} = {default!r}\n      {field.description or ''}")
+
+    walk(RLConfig, "")
+    return "\n".join(lines)

@@ -1,0 +1,49 @@
+"""The embedded default task: seeded addition problems `a+b=` with exact integer answers.
+
+The train stream is a pure function of (seed, step), so a resumed run sees the same prompts as
+an uninterrupted one; the held-out set is fixed (independent of the run's seed) and never
+appears in the train stream.
+"""
+
+from __future__ import annotations
+
+import random
+
+HELD_OUT_SEED = 20260521
+
+
+def make_problem(rng: random.Random, max_digits: int) -> dict:
+    """One problem row: {'prompt': '123+456=', 'answer': '579'}."""
+    hi = 10**max_digits - 1
+    a, b = rng.randint(0, hi), rng.randint(0, hi)
+    return {"prompt": f"{a}+{b}=", "answer": str(a + b)}
+
+
+def held_out_problems(count: int, max_digits: int) -> list[dict]:
+    """The fixed held-out set: `count` distinct problems."""
+    rng = random.Random(HELD_OUT_SEED + max_digits)
+    seen: dict[str, dict] = {}
+    while len(seen) < count:
+        row = make_problem(rng, max_digits)
+        seen.setdefault(row["prompt"], row)
+    return list(seen.values())
+
+
+class ArithmeticTask:
+    """Train batches by step and the held-out set for the addition task."""
+
+    def __init__(self, max_digits: int = 3, eval_size: int = 500, seed: int = 0):
+        self.max_digits = max_digits
+        self.seed = seed
+        self.eval_rows = held_out_problems(eval_size, max_digits)
+        self._held_out = {row["prompt"] for row in self.eval_rows}
+
+    def train_batch(self, step: int, size: int) -> list[dict]:
+        """The `size` training problems of step `step` (never from the held-out set)."""
+        rng = random.Random(f"arithmetic-{self.seed}-{step}")
+        rows = []
+        while len(rows) < size:
+            row = make_problem(rng, self.max_digits)
+            if row["prompt"] not in self._held_out:
+                rows.append(row)
+        return rows

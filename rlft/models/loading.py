@@ -1,0 +1,61 @@
+"""Model and tokenizer loading: the embedded tiny model, a local HF folder or a hub id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from rlft.errors import UserError
+
+EMBEDDED_MODEL_DIR = Path(__file__).parent / "tiny"
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_model_path(path: str) -> str:
+    """'embedded' -> the shipped tiny model's folder; anything else is passed to transformers as is."""
+    if path == "embedded":
+        if not (EMBEDDED_MODEL_DIR / "config.json").is_file():
+            raise UserError(
+                f"the embedded model is missing from {EMBEDDED_MODEL_DIR}; rebuild it with "
+                "`python scripts/make_tiny_model.py` or reinstall rlft"
+            )
+        return str(EMBEDDED_MODEL_DIR)
+    return path
+
+
+def load_tokenizer(model_cfg):
+    """The tokenizer of `model_cfg.path`, with a pad token (EOS when the model has none)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(model_cfg.path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
+    except OSError as e:
+        raise UserError(f"cannot load the tokenizer of model.path={model_cfg.path!r}: {e}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(model_cfg, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The causal LM of `model_cfg.path` in `model_cfg.dtype` on `device`."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(model_cfg.path)
+    kwargs = {"dtype": DTYPES[model_cfg.dtype], "trust_remote_code": model_cfg.trust_remote_code}
+    if model_cfg.attn_implementation:
+        kwargs["attn_implementation"] = model_cfg.attn_implementation
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as e:
+        raise UserError(f"cannot load model.path={model_cfg.path!r}: {e}") from None
+    return model.to(device)
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; anything else as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
