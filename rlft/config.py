@@ -117,6 +117,10 @@ class LearnerConfig(Section):
     micro_batch_size: int = Field(64, ge=1, description="sequences per forward/backward pass")
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:i]'")
     gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
+    logprobs: Literal["plain", "fused"] = Field(
+        "plain", description="'fused': log-probs from hidden states in vocabulary chunks (no full logits)"
+    )
+    vocab_chunk: int = Field(8192, ge=1, description="vocabulary chunk of the fused log-prob, counted in tokens")
 
 
 class OptimConfig(Section):
@@ -127,6 +131,24 @@ class OptimConfig(Section):
     weight_decay: float = Field(0.0, ge=0.0, description="decoupled weight decay")
     grad_clip: float = Field(1.0, ge=0.0, description="max global gradient norm (0: off)")
     warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up, counted in optimizer steps")
+    quant_min_numel: int = Field(4096, ge=0, description="4-bit AdamW: tensors with more elements are quantized")
+    quant_block_size: int = Field(128, ge=1, description="4-bit AdamW: block size of the first moment's scales")
+    flora_rank: int = Field(8, ge=1, description="Flora: rank r of the random projection")
+    flora_kappa: int = Field(1000, ge=1, description="Flora: steps between momentum re-projections")
+
+
+class LoraConfig(Section):
+    kind: Literal["none", "lora", "polar", "reflora", "reflora-s"] = Field(
+        "none", description="adapter on the policy's linear layers ('none': full fine-tuning)"
+    )
+    rank: int = Field(8, ge=1, description="adapter rank r")
+    alpha: float = Field(16.0, gt=0.0, description="scale: delta W = (alpha / r) * B A")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="regex patterns matched against linear-layer names",
+    )
+    landing_lambda: float = Field(5e-3, ge=0.0, description="PoLAR: weight of the landing field's normal term")
+    reflora_warmup_steps: int = Field(100, ge=0, description="RefLoRA: optimizer steps before refactoring starts")
 
 
 class TrainConfig(Section):
@@ -154,6 +176,7 @@ class RLConfig(Section):
     algo: AlgoConfig = Field(default_factory=AlgoConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
