@@ -81,6 +81,10 @@ class RolloutConfig(Section):
 class RewardSpec(Section):
     name: str = Field(description="registered reward name, 'file.py:function' or 'package.module:function'")
     weight: float = Field(1.0, description="weight in the summed reward")
+    args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="keyword arguments added to every call (over row fields of the same name), e.g. {timeout_s: 5} for 'code'",
+    )
 
 
 class RewardConfig(Section):
@@ -89,8 +93,15 @@ class RewardConfig(Section):
         description="reward functions and weights; the step's reward is their weighted sum",
     )
     num_workers: int = Field(1, ge=1, description="reward actors")
-    failure_reward: float = Field(0.0, description="reward given to a sample whose reward function failed")
-    timeout_s: float = Field(10.0, gt=0.0, description="per-sample time limit of a reward function, seconds")
+    num_processes: int = Field(
+        2, ge=1, description="worker processes per reward actor that run the functions (a hung one is killed and replaced)"
+    )
+    failure_reward: float = Field(
+        0.0, description="a failed call (exception, wrong type, NaN/inf, timeout) scores this for that function's term"
+    )
+    timeout_s: float = Field(
+        10.0, gt=0.0, description="time limit of one reward call, seconds: per sample, or per call for @batched functions"
+    )
     max_failure_rate: float = Field(
         0.5, ge=0.0, le=1.0, description="stop the run (after a checkpoint) past this fraction of failed samples"
     )

@@ -1,5 +1,10 @@
-"""Rewards: the registry, user-function loading, built-in verifiers and the scorer."""
+"""Rewards: the plug-in API (registry, loading, @batched), the scorer and its worker processes,
+the math verifier and the code sandbox."""
 
-from rlft.reward.registry import REWARDS, load_reward_fn, register_reward
+from rlft.reward.registry import REWARDS, batched, load_reward, load_reward_fn, register_reward
+from rlft.reward.scorer import RewardFailureError, RewardScorer, check_failure_rate
 
-__all__ = ["REWARDS", "load_reward_fn", "register_reward"]
+__all__ = [
+    "REWARDS", "RewardFailureError", "RewardScorer", "batched", "check_failure_rate", "load_reward",
+    "load_reward_fn", "register_reward",
+]
