@@ -1,4 +1,7 @@
-"""Built-in rewards for the embedded task and simple answer checks."""
+"""Built-in rewards: `exact_answer` (the embedded task), `math` (verifier) and `code` (sandboxed tests).
+
+`math` and `code` import their machinery on first call, so that loading the registry stays cheap.
+"""
 
 from __future__ import annotations
 
@@ -9,3 +12,19 @@ from rlft.reward.registry import register_reward
 def exact_answer(prompt: str, completion: str, answer: str = "", **fields) -> float:
     """1.0 when the completion, stripped of surrounding whitespace, equals the reference answer."""
     return float(completion.strip() == str(answer).strip())
+
+
+@register_reward("math")
+def math_answer(prompt: str, completion: str, **fields) -> float:
+    """1.0 when the completion's final answer (\\boxed{}, ####, 'the answer is') equals the row's `answer`."""
+    from rlft.reward.math_verifier import math_reward
+
+    return math_reward(prompt, completion, **fields)
+
+
+@register_reward("code")
+def code_tests(prompt: str, completion: str, **fields) -> float:
+    """1.0 when the completion passes the row's unit tests (`test` + `entry_point`, or `tests`) in the sandbox."""
+    from rlft.reward.code_reward import code_reward
+
+    return code_reward(prompt, completion, **fields)
