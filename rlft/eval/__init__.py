@@ -1,0 +1,1 @@
+"""Benchmark evaluation: loaders for local benchmark files, pass@k / maj@k, and what scripts/eval_*.py share."""
