@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -61,6 +62,12 @@ def test_numeric_fast_path_decides_without_math_verify(monkeypatch):
 
     monkeypatch.setattr(math_verify, "verify", fail)
     assert answers_equal("1,234", "1234") and answers_equal("0.5", "1/2") and not answers_equal("17", "18")
+
+
+def test_slow_equivalence_check_stops_at_its_time_limit():
+    start = time.monotonic()
+    assert answers_equal("9^{9^{9^{9}}}", "9^{9^{9^{8}}}", timeout_s=1) is False  # sympy would not finish
+    assert time.monotonic() - start < 5.0
 
 
 def test_verifier_works_off_the_main_thread():

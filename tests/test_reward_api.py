@@ -243,3 +243,18 @@ def test_worker_receives_the_parents_import_path(reward_file, tmp_path, monkeypa
     assert str(extra) in sys.path
     with RewardScorer(RewardConfig(functions=[{"name": f"{tmp_path / 'uses_helper.py'}:score"}])) as scorer:
         assert scorer.score(["p"], ["c"], [{}])[0] == [7.0]
+
+
+def test_preload_module_is_imported_at_worker_start_outside_the_time_limit(tmp_path, monkeypatch):
+    (tmp_path / "slow_to_import_for_reward.py").write_text("import time\ntime.sleep(1.5)\nVALUE = 2.0\n")
+    (tmp_path / "preloading.py").write_text(textwrap.dedent("""
+        def score(prompt, completion, **fields):
+            import slow_to_import_for_reward
+            return slow_to_import_for_reward.VALUE
+        score.preload = "slow_to_import_for_reward"
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = RewardConfig(functions=[{"name": f"{tmp_path / 'preloading.py'}:score"}], timeout_s=1.0, num_processes=1)
+    with RewardScorer(cfg) as scorer:
+        rewards, metrics = scorer.score(["p"], ["c"], [{}])
+    assert rewards == [2.0] and metrics["reward/timeouts"] == 0

@@ -1,6 +1,8 @@
 """Built-in rewards: `exact_answer` (the embedded task), `math` (verifier) and `code` (sandboxed tests).
 
-`math` and `code` import their machinery on first call, so that loading the registry stays cheap.
+`math` and `code` import their machinery on first call, so that loading the registry stays cheap;
+`preload` names that module, which reward workers import at start so no call pays for it (sympy
+takes about a second, which would count against the call's time limit).
 """
 
 from __future__ import annotations
@@ -22,9 +24,15 @@ def math_answer(prompt: str, completion: str, **fields) -> float:
     return math_reward(prompt, completion, **fields)
 
 
+math_answer.preload = "rlft.reward.math_verifier"
+
+
 @register_reward("code")
 def code_tests(prompt: str, completion: str, **fields) -> float:
     """1.0 when the completion passes the row's unit tests (`test` + `entry_point`, or `tests`) in the sandbox."""
     from rlft.reward.code_reward import code_reward
 
     return code_reward(prompt, completion, **fields)
+
+
+code_tests.preload = "rlft.reward.code_reward"

@@ -15,6 +15,8 @@ import re
 import threading
 from fractions import Fraction
 
+from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
 BOXED = re.compile(r"\\(?:boxed|fbox)\s*")
 GSM8K = re.compile(r"####\s*(.+)")
 ANSWER_IS = re.compile(r"the\s+(?:final\s+)?answer\s+is\s*[:=]?\s*", re.IGNORECASE)
@@ -79,8 +81,6 @@ def answers_equal(pred: str, gold: str, timeout_s: float = 5.0) -> bool:
     fast = _numeric_verdict(pred, gold)
     if fast is not None:
         return fast
-    from math_verify import verify
-
     limit = _signal_limit(timeout_s)
     gold_parsed, pred_parsed = _parse(gold, limit), _parse(pred, limit)
     if not gold_parsed or not pred_parsed:
@@ -144,8 +144,6 @@ def _as_number(text: str) -> tuple[Fraction, bool] | None:
 @functools.lru_cache(maxsize=8192)
 def _parse(text: str, limit: int | None) -> tuple:
     # references repeat across a group's samples, so parsed ones are cached (sympy objects are immutable)
-    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
-
     return tuple(parse(f"\\boxed{{{text}}}", [LatexExtractionConfig(), ExprExtractionConfig()], parsing_timeout=limit))
 
 

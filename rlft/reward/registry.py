@@ -14,7 +14,8 @@ sum of its values) is the sample's reward. Two other forms:
     async def my_reward(prompt, completion, **fields)   # awaited concurrently (calls to services)
 
 `async def` also works with `@batched`. Rewards run in worker processes (rlft.reward.pool), so a
-function that raises, returns a wrong type or NaN, or hangs costs one sample, not the run.
+function that raises, returns a wrong type or NaN, or hangs costs one sample, not the run. A
+function may set `fn.preload = "some.module"`: workers import it at start, outside any time limit.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ checked value, or ("error", kind, message, traceback) with kind "exception", "ty
 from __future__ import annotations
 
 import asyncio
+import importlib
 import math
 import numbers
 import os
@@ -31,6 +32,9 @@ def main(fd: int) -> None:
 
     try:
         functions = [(load_reward_fn(locator), args) for locator, args in specs]
+        for fn, _ in functions:  # heavy imports now, not inside the first call's time limit
+            if getattr(fn, "preload", None):
+                importlib.import_module(fn.preload)
     except BaseException:
         conn.send(("error", traceback.format_exc()))
         return
