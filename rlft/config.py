@@ -143,7 +143,10 @@ class OptimConfig(Section):
     grad_clip: float = Field(1.0, ge=0.0, description="max global gradient norm (0: off)")
     warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up, counted in optimizer steps")
     quant_min_numel: int = Field(4096, ge=0, description="4-bit AdamW: tensors with more elements are quantized")
-    quant_block_size: int = Field(128, ge=1, description="4-bit AdamW: block size of the first moment's scales")
+    quant_block_size: int = Field(
+        128, ge=2, multiple_of=2,
+        description="4-bit AdamW: elements per fp32 scale of m (and of 1-D v); a power of two for the CUDA kernel",
+    )
     flora_rank: int = Field(8, ge=1, description="Flora: rank r of the random projection")
     flora_kappa: int = Field(1000, ge=1, description="Flora: steps between momentum re-projections")
 

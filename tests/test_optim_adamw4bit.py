@@ -90,6 +90,14 @@ def test_only_tensors_above_quant_min_numel_are_quantized():
     assert opt.state[small]["exp_avg"].dtype == torch.float32  # 4096 is not > quant_min_numel
 
 
+def test_quant_block_size_sets_the_elements_per_scale():
+    w = torch.nn.Parameter(torch.randn(64, 65))
+    opt = build_optimizer([w], OptimConfig(name="adamw-4bit", quant_block_size=64))
+    w.grad = torch.randn_like(w)
+    opt.step()
+    assert opt.state[w]["m_scale"].numel() == 65  # ceil(64 * 65 / 64)
+
+
 def test_factor_variant_keeps_row_and_column_statistics_for_matrices():
     w, b = torch.nn.Parameter(torch.randn(80, 96)), torch.nn.Parameter(torch.randn(5000))
     opt = build_optimizer([w, b], OptimConfig(name="adamw-4bit-factor"))

@@ -4,13 +4,13 @@ import torch
 
 from rlft.config import OptimConfig
 from rlft.optim import build_optimizer
-from rlft.optim.flora import Flora, next_seed, projection
+from rlft.optim.flora import next_seed, projection
 
 
 def _stepped(shape, steps: int, kappa: int = 1000, rank: int = 4):
     torch.manual_seed(0)
     w = torch.nn.Parameter(torch.randn(shape))
-    opt = Flora([w], lr=1e-3, rank=rank, kappa=kappa)
+    opt = build_optimizer([w], OptimConfig(name="flora", lr=1e-3, flora_rank=rank, flora_kappa=kappa))
     for _ in range(steps):
         w.grad = torch.randn(shape)
         opt.step()

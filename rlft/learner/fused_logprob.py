@@ -60,20 +60,21 @@ def _acc_dtype(hidden: torch.Tensor) -> torch.dtype:
 def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, start: int, end: int, scale: float) -> torch.Tensor:
     """z = hidden·weight[start:end]ᵀ / T as [N, end - start] fp32 (matmul in the inputs' dtype, as the plain path)."""
     z = (hidden @ weight[start:end].T).to(_acc_dtype(hidden))
-    return z / scale if scale != 1.0 else z
+    return z.div_(scale) if scale != 1.0 else z
 
 
 def logit_grad_torch(z, targets, start, lse, mean_z, g_lp, g_ent, scale):
-    """dL/d(raw logits) of one chunk [N, c] fp32 from its scaled logits z (torch reference of the kernel)."""
-    p = torch.exp(z - lse[:, None])
-    grad = p * (-g_lp[:, None])
-    if g_ent is not None:
-        grad -= g_ent[:, None] * p * (z - mean_z[:, None])
+    """dL/d(raw logits) of one chunk [N, c] from its scaled logits z, written over z (torch reference of the kernel)."""
+    p = (z - lse[:, None]).exp_()
+    if g_ent is not None:  # -g_ent·p·(z − E[z]) − g_lp·p, in z's storage: two [N, c] buffers in all
+        grad = z.sub_(mean_z[:, None]).mul_(p).mul_(-g_ent[:, None]).sub_(p.mul_(g_lp[:, None]))
+    else:
+        grad = z.copy_(p).mul_(-g_lp[:, None])
+    del p
     cols = targets - start
-    hit = (cols >= 0) & (cols < z.shape[1])
-    rows = hit.nonzero().squeeze(1)
+    rows = ((cols >= 0) & (cols < z.shape[1])).nonzero().squeeze(1)
     grad[rows, cols[rows]] += g_lp[rows]
-    return grad / scale if scale != 1.0 else grad
+    return grad.div_(scale) if scale != 1.0 else grad
 
 
 def _backward_chunks(ctx, g_lp, g_ent, grad_fn):
@@ -88,7 +89,7 @@ def _backward_chunks(ctx, g_lp, g_ent, grad_fn):
         z = _chunk_logits(hidden, weight, start, end, ctx.scale)
         grad = grad_fn(z, targets, start, lse, mean_z, g_lp, g_ent, ctx.scale).to(hidden.dtype)
         d_hidden += grad @ weight[start:end]  # matmul in the inputs' dtype, sum in fp32
-        d_weight[start:end] = grad.T @ hidden
+        torch.mm(grad.T, hidden, out=d_weight[start:end])
         del z, grad
     return d_hidden.to(hidden.dtype), d_weight, None, None, None, None
 
@@ -107,10 +108,10 @@ class ChunkedLogprob(torch.autograd.Function):
             z = _chunk_logits(hidden, weight, start, end, scale)
             new_max = torch.maximum(run_max, z.amax(dim=1))
             alpha = torch.exp(run_max - new_max)
-            e = torch.exp(z - new_max[:, None])
+            e = (z - new_max[:, None]).exp_()
             run_sum = run_sum * alpha + e.sum(dim=1)
-            if with_entropy:
-                run_zsum = run_zsum * alpha + (e * z).sum(dim=1)
+            if with_entropy:  # row-wise dot products: no third [N, c] buffer
+                run_zsum = run_zsum * alpha + torch.bmm(e[:, None, :], z[:, :, None]).view(-1)
             run_max = new_max
             cols = targets - start
             hit = (cols >= 0) & (cols < end - start)
@@ -133,20 +134,24 @@ if HAS_TRITON:
 
     @triton.jit
     def logprob_fwd_kernel(
-        h_ptr, w_ptr, tgt_ptr, lp_ptr, ent_ptr, lse_ptr, mz_ptr, N, V, H, stride_h, stride_w, scale,
+        h_ptr, w_ptr, tgt_ptr, max_ptr, sum_ptr, zsum_ptr, tz_ptr, N, V, H, stride_h, stride_w, scale, V_PER_SPLIT,
         WITH_ENTROPY: tl.constexpr, PRECISION: tl.constexpr,
         BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
     ):
+        """Partial online-logsumexp statistics of rows block program_id(0) over vocabulary split program_id(1)."""
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         row_mask = rows < N
+        split = tl.program_id(1)
+        v_begin = split * V_PER_SPLIT
+        v_end = tl.minimum(v_begin + V_PER_SPLIT, V)
         tgt = tl.load(tgt_ptr + rows, mask=row_mask, other=-1)
         run_max = tl.full([BLOCK_N], float("-inf"), tl.float32)
         run_sum = tl.zeros([BLOCK_N], tl.float32)
         run_zsum = tl.zeros([BLOCK_N], tl.float32)
         target_z = tl.zeros([BLOCK_N], tl.float32)
-        for v0 in range(0, V, BLOCK_V):
+        for v0 in range(v_begin, v_end, BLOCK_V):
             cols = v0 + tl.arange(0, BLOCK_V)
-            col_mask = cols < V
+            col_mask = cols < v_end
             acc = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)
             for h0 in range(0, H, BLOCK_H):
                 hk = h0 + tl.arange(0, BLOCK_H)
@@ -163,13 +168,11 @@ if HAS_TRITON:
                 run_zsum = run_zsum * alpha + tl.sum(e * tl.where(col_mask[None, :], z, 0.0), 1)
             run_max = new_max
             target_z += tl.sum(tl.where(cols[None, :] == tgt[:, None], z, 0.0), 1)
-        lse = run_max + tl.log(run_sum)
-        mean_z = run_zsum / run_sum
-        tl.store(lp_ptr + rows, target_z - lse, mask=row_mask)
-        tl.store(lse_ptr + rows, lse, mask=row_mask)
-        tl.store(mz_ptr + rows, mean_z, mask=row_mask)
-        if WITH_ENTROPY:
-            tl.store(ent_ptr + rows, lse - mean_z, mask=row_mask)
+        out = split * N + rows
+        tl.store(max_ptr + out, run_max, mask=row_mask)
+        tl.store(sum_ptr + out, run_sum, mask=row_mask)
+        tl.store(zsum_ptr + out, run_zsum, mask=row_mask)
+        tl.store(tz_ptr + out, target_z, mask=row_mask)
 
     @triton.jit
     def logit_grad_kernel(
@@ -195,35 +198,49 @@ if HAS_TRITON:
 
 
 def logit_grad_triton(z, targets, start, lse, mean_z, g_lp, g_ent, scale):
-    """The Triton kernel doing what logit_grad_torch does on a contiguous [N, c] fp32 chunk."""
+    """The Triton kernel doing what logit_grad_torch does on a contiguous [N, c] fp32 chunk (also in place)."""
     n, c = z.shape
-    out = torch.empty_like(z)
     grid = (triton.cdiv(n, 32), triton.cdiv(c, 64))
-    logit_grad_kernel[grid](z, out, targets, lse, mean_z, g_lp, g_lp if g_ent is None else g_ent, n, c, start,
+    logit_grad_kernel[grid](z, z, targets, lse, mean_z, g_lp, g_lp if g_ent is None else g_ent, n, c, start,
                             scale, WITH_ENTROPY=g_ent is not None, BLOCK_N=32, BLOCK_C=64)
-    return out
+    return z
 
 
 class TritonLogprob(torch.autograd.Function):
-    """The Triton path: fused forward kernel; backward chunked with the elementwise kernel."""
+    """The Triton path: fused forward kernel; backward chunked with the elementwise kernel.
+
+    The forward grid is (row blocks, vocabulary splits): each program keeps running max, sum
+    and entropy sum over its split; the splits' [S, N] partials are merged here. Splits give
+    the GPU enough programs when N is small and bound how often each program rereads W.
+    """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, scale, chunk_size, with_entropy, blocks=(32, 64, 64)):
+    def forward(ctx, hidden, weight, targets, scale, chunk_size, with_entropy, blocks=(64, 64, 64), splits=None):
         hidden, weight, targets = hidden.contiguous(), weight.contiguous(), targets.contiguous()
-        n, h = hidden.shape
-        f32 = dict(dtype=torch.float32, device=hidden.device)
-        logprobs, entropy, lse, mean_z = (torch.zeros(n, **f32) for _ in range(4))
+        (n, h), v = hidden.shape, weight.shape[0]
         block_n, block_v, block_h = blocks
-        precision = "ieee" if hidden.dtype == torch.float32 else "tf32"
-        logprob_fwd_kernel[(triton.cdiv(n, block_n),)](
-            hidden, weight, targets, logprobs, entropy, lse, mean_z, n, weight.shape[0], h, hidden.stride(0),
-            weight.stride(0), scale, WITH_ENTROPY=with_entropy, PRECISION=precision,
+        row_blocks = triton.cdiv(n, block_n)
+        if splits is None:  # about 4 programs per SM
+            sms = torch.cuda.get_device_properties(hidden.device).multi_processor_count if hidden.is_cuda else 1
+            splits = max(1, min(triton.cdiv(4 * sms, row_blocks), triton.cdiv(v, block_v)))
+        v_per_split = triton.cdiv(triton.cdiv(v, splits), block_v) * block_v
+        splits = triton.cdiv(v, v_per_split)
+        run_max, run_sum, run_zsum, target_z = (torch.empty(splits, n, dtype=torch.float32, device=hidden.device) for _ in range(4))
+        logprob_fwd_kernel[(row_blocks, splits)](
+            hidden, weight, targets, run_max, run_sum, run_zsum, target_z, n, v, h, hidden.stride(0), weight.stride(0),
+            scale, v_per_split, WITH_ENTROPY=with_entropy, PRECISION="ieee" if hidden.dtype == torch.float32 else None,
             BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_H=block_h,
         )
+        top = run_max.amax(dim=0)
+        weights = torch.exp(run_max - top)  # merge the splits' online statistics
+        total = (run_sum * weights).sum(dim=0)
+        lse = top + torch.log(total)
+        mean_z = (run_zsum * weights).sum(dim=0) / total
         ctx.save_for_backward(hidden, weight, targets, lse, mean_z)
         ctx.scale, ctx.chunk_size, ctx.with_entropy = scale, chunk_size, with_entropy
-        return logprobs, entropy
+        entropy = lse - mean_z if with_entropy else torch.zeros_like(lse)
+        return target_z.sum(dim=0) - lse, entropy
 
     @staticmethod
     def backward(ctx, g_lp, g_ent):
-        return (*_backward_chunks(ctx, g_lp, g_ent, logit_grad_triton), None)
+        return (*_backward_chunks(ctx, g_lp, g_ent, logit_grad_triton), None, None)

@@ -54,7 +54,7 @@ class AdamW4bit(CompactAdamW):
             state["v_codes"], state["v_scale"] = quant4.quantize_blockwise(zeros, quant4.LINEAR_CODES, self.block_size)
 
     def _compact_step(self, p: torch.Tensor, grad: torch.Tensor, state: dict, hp: dict) -> None:
-        if p.is_cuda and _triton_step() is not None:
+        if p.is_cuda and _triton_step() is not None and self.block_size & (self.block_size - 1) == 0:
             _triton_step()(p, grad, state, hp, self.block_size)
         else:
             quant4.step_quantized(p, grad, state, hp, self.block_size)
