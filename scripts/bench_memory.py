@@ -226,7 +226,8 @@ def plot(results: dict, path: Path) -> None:
         else:
             vocabs = sorted({r["vocab"] for r in rows})
             for path_name in ("plain", "fused"):
-                peaks = [next(r["peak_bytes"] for r in rows if r["vocab"] == v and r["path"] == path_name) / MiB for v in vocabs]
+                peak = {r["vocab"]: r["peak_bytes"] / MiB for r in rows if r["path"] == path_name}
+                peaks = [peak[v] for v in vocabs]
                 ax.plot(vocabs, peaks, marker="o", label=path_name)
             ax.set_xscale("log")
             ax.set_xlabel("vocabulary size")

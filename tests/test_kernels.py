@@ -23,7 +23,7 @@ pytest.importorskip("triton")
 from rlft.optim import quant4  # noqa: E402
 
 CHILD = os.environ.get("TRITON_INTERPRET") == "1"
-in_child = pytest.mark.skipif(not CHILD, reason="runs in the TRITON_INTERPRET=1 child of test_kernels_under_triton_interpreter")
+in_child = pytest.mark.skipif(not CHILD, reason="runs in the TRITON_INTERPRET=1 child process")
 
 
 @pytest.mark.skipif(CHILD, reason="this is the child")

@@ -156,8 +156,10 @@ if HAS_TRITON:
             for h0 in range(0, H, BLOCK_H):
                 hk = h0 + tl.arange(0, BLOCK_H)
                 h_mask = hk < H
-                a = tl.load(h_ptr + rows[:, None] * stride_h + hk[None, :], mask=row_mask[:, None] & h_mask[None, :], other=0.0)
-                b = tl.load(w_ptr + cols[:, None] * stride_w + hk[None, :], mask=col_mask[:, None] & h_mask[None, :], other=0.0)
+                a = tl.load(h_ptr + rows[:, None] * stride_h + hk[None, :],
+                            mask=row_mask[:, None] & h_mask[None, :], other=0.0)
+                b = tl.load(w_ptr + cols[:, None] * stride_w + hk[None, :],
+                            mask=col_mask[:, None] & h_mask[None, :], other=0.0)
                 acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)
             z = tl.where(col_mask[None, :], acc / scale, float("-inf"))
             new_max = tl.maximum(run_max, tl.max(z, 1))
@@ -225,7 +227,8 @@ class TritonLogprob(torch.autograd.Function):
             splits = max(1, min(triton.cdiv(4 * sms, row_blocks), triton.cdiv(v, block_v)))
         v_per_split = triton.cdiv(triton.cdiv(v, splits), block_v) * block_v
         splits = triton.cdiv(v, v_per_split)
-        run_max, run_sum, run_zsum, target_z = (torch.empty(splits, n, dtype=torch.float32, device=hidden.device) for _ in range(4))
+        partials = [torch.empty(splits, n, dtype=torch.float32, device=hidden.device) for _ in range(4)]
+        run_max, run_sum, run_zsum, target_z = partials
         logprob_fwd_kernel[(row_blocks, splits)](
             hidden, weight, targets, run_max, run_sum, run_zsum, target_z, n, v, h, hidden.stride(0), weight.stride(0),
             scale, v_per_split, WITH_ENTROPY=with_entropy, PRECISION="ieee" if hidden.dtype == torch.float32 else None,

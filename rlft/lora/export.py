@@ -57,10 +57,11 @@ def export_peft_adapter(model: torch.nn.Module, path: str | Path, base_model_nam
         tensors[f"base_model.model.{name}.lora_A.weight"] = a.detach().contiguous().cpu()
         tensors[f"base_model.model.{name}.lora_B.weight"] = b.detach().contiguous().cpu()
     first = layers[0][1]
+    base_name = base_model_name_or_path or getattr(getattr(model, "config", None), "_name_or_path", None)
     config = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
-        "base_model_name_or_path": base_model_name_or_path or getattr(getattr(model, "config", None), "_name_or_path", None),
+        "base_model_name_or_path": base_name,
         "r": first.rank,
         "lora_alpha": first.alpha,
         "target_modules": [name for name, _ in layers],  # full module names: PEFT matches them exactly

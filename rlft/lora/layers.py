@@ -84,7 +84,8 @@ def apply_lora(model: nn.Module, cfg) -> None:
     chosen = [(name, m) for name, m in linears if any(re.search(pat, name) for pat in cfg.target_modules)]
     if not chosen:
         examples = ", ".join(name for name, _ in linears[:6])
-        raise ConfigError(f"lora.target_modules {cfg.target_modules} match no linear layer; the model's are e.g. {examples}")
+        raise ConfigError(f"lora.target_modules {cfg.target_modules} match no linear layer; "
+                          f"the model's are e.g. {examples}")
     uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
     for name, linear in chosen:
         if uses[id(linear.weight)] > 1:
@@ -95,4 +96,5 @@ def apply_lora(model: nn.Module, cfg) -> None:
     for name, linear in chosen:
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, attr, LoraLinear(linear, cfg.kind, cfg.rank, cfg.alpha, cfg.landing_lambda, cfg.reflora_warmup_steps))
+        adapter = LoraLinear(linear, cfg.kind, cfg.rank, cfg.alpha, cfg.landing_lambda, cfg.reflora_warmup_steps)
+        setattr(parent, attr, adapter)

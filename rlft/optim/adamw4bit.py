@@ -48,8 +48,8 @@ class AdamW4bit(CompactAdamW):
             rows, cols = quant4.as_matrix(p).shape
             state["v_row"], state["v_col"] = torch.zeros(rows, **f32), torch.zeros(cols, **f32)
         elif p.dim() >= 2:
-            packed, state["v_rowmax"], state["v_colmax"] = quant4.quantize_rank1(quant4.as_matrix(zeros.view_as(p)), quant4.LINEAR_CODES)
-            state["v_codes"] = packed
+            v_zeros = quant4.as_matrix(zeros.view_as(p))
+            state["v_codes"], state["v_rowmax"], state["v_colmax"] = quant4.quantize_rank1(v_zeros, quant4.LINEAR_CODES)
         else:
             state["v_codes"], state["v_scale"] = quant4.quantize_blockwise(zeros, quant4.LINEAR_CODES, self.block_size)
 

@@ -55,7 +55,8 @@ if HAS_TRITON:
             v = tl.load(v_s0_ptr + row, mask=mask, other=0.0) * tl.load(v_s1_ptr + col, mask=mask, other=0.0)
         else:
             if V_MODE == 1:
-                scale = tl.minimum(tl.load(v_s0_ptr + row, mask=mask, other=0.0), tl.load(v_s1_ptr + col, mask=mask, other=0.0))
+                scale = tl.minimum(tl.load(v_s0_ptr + row, mask=mask, other=0.0),
+                                   tl.load(v_s1_ptr + col, mask=mask, other=0.0))
             else:
                 scale = v_blk_scale
             v = tl.load(lin_ptr + vcode) * scale

@@ -63,7 +63,9 @@ def quantize_blockwise(x: torch.Tensor, codes: torch.Tensor, block: int) -> tupl
     return _pack(idx), scale
 
 
-def dequantize_blockwise(packed: torch.Tensor, scale: torch.Tensor, codes: torch.Tensor, block: int, numel: int) -> torch.Tensor:
+def dequantize_blockwise(
+    packed: torch.Tensor, scale: torch.Tensor, codes: torch.Tensor, block: int, numel: int
+) -> torch.Tensor:
     """[numel] fp32 values of blockwise codes."""
     values = codes.to(packed.device)[_unpack(packed, numel)]
     pad = (-numel) % block
@@ -144,6 +146,7 @@ def step_quantized(p: torch.Tensor, grad: torch.Tensor, state: dict, hp: dict, b
     adamw_apply(p, m, v, hp)
     state["m_codes"], state["m_scale"] = quantize_blockwise(m, DYNAMIC_CODES, block)
     if "v_rowmax" in state:
-        state["v_codes"], state["v_rowmax"], state["v_colmax"] = quantize_rank1(v.view(state["v_rowmax"].numel(), -1), LINEAR_CODES)
+        v_mat = v.view(state["v_rowmax"].numel(), -1)
+        state["v_codes"], state["v_rowmax"], state["v_colmax"] = quantize_rank1(v_mat, LINEAR_CODES)
     elif "v_scale" in state:
         state["v_codes"], state["v_scale"] = quantize_blockwise(v, LINEAR_CODES, block)
