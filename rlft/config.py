@@ -174,6 +174,9 @@ class TrainConfig(Section):
     output_dir: str = Field("runs", description="folder that holds run folders")
     run_name: str | None = Field(None, description="run folder name; default: algo name and time")
     progress: bool = Field(True, description="show the progress bar")
+    eval_accuracy_threshold: float = Field(
+        1.0, description="a sample counts as correct (accuracy) when its reward reaches this value"
+    )
 
 
 class RayConfig(Section):

@@ -8,6 +8,7 @@ appears in the train stream.
 from __future__ import annotations
 
 import random
+from typing import Callable
 
 HELD_OUT_SEED = 20260521
 
@@ -32,11 +33,18 @@ def held_out_problems(count: int, max_digits: int) -> list[dict]:
 class ArithmeticTask:
     """Train batches by step and the held-out set for the addition task."""
 
-    def __init__(self, max_digits: int = 3, eval_size: int = 500, seed: int = 0):
+    def __init__(
+        self, max_digits: int = 3, eval_size: int = 500, seed: int = 0, format_prompt: Callable[[dict], str] | None = None
+    ):
         self.max_digits = max_digits
         self.seed = seed
-        self.eval_rows = held_out_problems(eval_size, max_digits)
-        self._held_out = {row["prompt"] for row in self.eval_rows}
+        self.format_prompt = format_prompt
+        raw_eval = held_out_problems(eval_size, max_digits)
+        self._held_out = {row["prompt"] for row in raw_eval}
+        self.eval_rows = [self._formatted(row) for row in raw_eval]
+
+    def _formatted(self, row: dict) -> dict:
+        return {**row, "prompt": self.format_prompt(row)} if self.format_prompt else row
 
     def train_batch(self, step: int, size: int) -> list[dict]:
         """The `size` training problems of step `step` (never from the held-out set)."""
@@ -45,5 +53,5 @@ class ArithmeticTask:
         while len(rows) < size:
             row = make_problem(rng, self.max_digits)
             if row["prompt"] not in self._held_out:
-                rows.append(row)
+                rows.append(self._formatted(row))
         return rows

@@ -1,0 +1,133 @@
+"""The policy learner (plain torch, one process): log-probs, loss, micro-batched update, checkpoints."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from rlft.learner.logprobs import token_logprobs
+from rlft.learner.loss import micro_batch_loss
+from rlft.models.loading import load_causal_lm, load_model_weights, pick_device
+from rlft.optim import build_optimizer
+from rlft.pipeline.batch import TrainBatch
+
+
+class Learner:
+    """Holds the policy, the optional frozen reference and the optimizer; one `train_step` per batch."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.device = pick_device(cfg.learner.device)
+        torch.manual_seed(cfg.train.seed)
+        self.model = load_causal_lm(cfg.model, self.device)
+        if cfg.learner.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        self.model.train()
+        self.ref_model = None
+        if cfg.algo.kl_coef > 0:
+            self.ref_model = load_causal_lm(cfg.model, self.device).eval().requires_grad_(False)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(self.params, cfg.optim)
+        warmup = cfg.optim.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
+        )
+        self.optimizer_steps = 0
+
+    def _logprobs(self, model, part: TrainBatch, with_entropy: bool = False):
+        return token_logprobs(
+            model, part.tokens, part.attention_mask, self.cfg.rollout.temperature or 1.0,
+            with_entropy=with_entropy, entropy_grad=bool(self.cfg.algo.entropy_coef),
+        )
+
+    def _micro_batches(self, batch: TrainBatch):
+        size = self.cfg.learner.micro_batch_size
+        for start in range(0, len(batch), size):
+            yield batch.select(slice(start, start + size))
+
+    @torch.no_grad()
+    def _frozen_logprobs(self, model, batch: TrainBatch) -> torch.Tensor:
+        """[N, L] log-probs of a model that does not change during this step (reference or old policy)."""
+        out = torch.zeros_like(batch.rollout_logprobs)
+        for start in range(0, len(batch), self.cfg.learner.micro_batch_size):
+            part = batch.select(slice(start, start + self.cfg.learner.micro_batch_size))
+            logprobs, _ = self._logprobs(model, part)
+            out[start : start + len(part), : logprobs.shape[1]] = logprobs
+        return out
+
+    def train_step(self, batch: TrainBatch) -> dict[str, float]:
+        """One rollout batch: `algo.num_minibatches` optimizer steps; returns averaged statistics."""
+        start = time.perf_counter()
+        cfg = self.cfg
+        batch = TrainBatch(**{k: v.to(self.device) for k, v in vars(batch).items()})
+        old = self._frozen_logprobs(self.model, batch) if cfg.algo.num_minibatches > 1 else None
+        ref = self._frozen_logprobs(self.ref_model, batch) if self.ref_model is not None else None
+        totals: dict[str, float] = {}
+        for m in range(cfg.algo.num_minibatches):
+            rows = (batch.minibatch == m).nonzero().flatten()
+            if len(rows) == 0:
+                continue
+            minibatch = batch.select(rows)
+            minibatch_old = old[rows] if old is not None else None
+            minibatch_ref = ref[rows] if ref is not None else None
+            self.optimizer.zero_grad(set_to_none=True)
+            size = cfg.learner.micro_batch_size
+            for s in range(0, len(minibatch), size):
+                part = minibatch.select(slice(s, s + size))
+                width = part.tokens.shape[1]
+                logprobs, entropy = self._logprobs(self.model, part, with_entropy=True)
+                old_lp = minibatch_old[s : s + size, :width] if minibatch_old is not None else logprobs.detach()
+                ref_lp = minibatch_ref[s : s + size, :width] if minibatch_ref is not None else None
+                loss, stats = micro_batch_loss(
+                    logprobs, old_lp, part.response_mask, part.advantages, part.weights, part.token_weights,
+                    cfg.algo, ref_logprobs=ref_lp, entropy=entropy,
+                )
+                loss.backward()
+                for k, v in stats.items():
+                    totals[k] = max(totals.get(k, v), v) if k == "ratio_max" else totals.get(k, 0.0) + v
+            grad_norm = self._clip_gradients()
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer_steps += 1
+            totals["grad_norm"] = totals.get("grad_norm", 0.0) + grad_norm
+        steps = cfg.algo.num_minibatches
+        metrics = {f"learner/{k}": (v if k == "ratio_max" else v / steps) for k, v in totals.items()}
+        metrics["learner/lr"] = self.scheduler.get_last_lr()[0]
+        metrics["time/learner_s"] = time.perf_counter() - start
+        return metrics
+
+    def _clip_gradients(self) -> float:
+        if self.cfg.optim.grad_clip > 0:
+            return float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip))
+        return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.params if p.grad is not None])))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Policy weights on CPU under the base model's names: what the rollout engines load."""
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+
+    def save(self, path: str) -> None:
+        """HF-format weights (safetensors) plus optimizer state into folder `path` (already created)."""
+        self.model.save_pretrained(path, safe_serialization=True)
+        torch.save(
+            {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+             "optimizer_steps": self.optimizer_steps},
+            Path(path) / "optimizer.pt",
+        )
+
+    def load(self, path: str) -> None:
+        """Weights and optimizer state from a folder written by `save`."""
+        load_model_weights(self.model, path)
+        state = torch.load(Path(path) / "optimizer.pt", map_location=self.device, weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.optimizer_steps = state["optimizer_steps"]
+
+    def peak_memory_bytes(self) -> int:
+        """Peak resident memory of this process (CPU) or peak CUDA allocation (GPU)."""
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device)
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -1,0 +1,46 @@
+"""Loss assembly for one micro-batch: sum(w * l) + kl_coef * KL - entropy_coef * H."""
+
+from __future__ import annotations
+
+import torch
+
+from rlft.algorithms.policy_loss import clipped_surrogate, kl_penalty
+
+
+def micro_batch_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    response_mask: torch.Tensor,
+    advantages: torch.Tensor,
+    weights: torch.Tensor,
+    token_weights: torch.Tensor,
+    algo_cfg,
+    ref_logprobs: torch.Tensor | None = None,
+    entropy: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The micro-batch's share of the mini-batch loss, and its share of each logged statistic.
+
+    Tensors are [n, L] except advantages, weights, token_weights [n]. Because the weights carry the
+    global normalisers, these shares simply add up over micro-batches and data-parallel ranks.
+    """
+    pg, clipped = clipped_surrogate(
+        logprobs, old_logprobs, advantages[:, None], algo_cfg.clip_eps_low, algo_cfg.clip_eps_high, algo_cfg.dual_clip
+    )
+    per_token = token_weights[:, None] * response_mask  # token-mean weights for KL, entropy and stats
+    loss = (pg * weights[:, None] * response_mask).sum()
+    stats = {"pg_loss": loss.item()}
+    if ref_logprobs is not None:
+        kl = (kl_penalty(logprobs, ref_logprobs, algo_cfg.kl_estimator) * per_token).sum()
+        loss = loss + algo_cfg.kl_coef * kl
+        stats["kl"] = kl.item()
+    if entropy is not None:
+        mean_entropy = (entropy * per_token).sum()
+        if algo_cfg.entropy_coef:
+            loss = loss - algo_cfg.entropy_coef * mean_entropy
+        stats["entropy"] = mean_entropy.item()
+    with torch.no_grad():
+        ratio = torch.exp(logprobs - old_logprobs)
+        stats["clip_frac"] = (clipped.float() * per_token).sum().item()
+        stats["ratio_mean"] = (ratio * per_token).sum().item()
+        stats["ratio_max"] = (ratio * response_mask).max().item() if response_mask.any() else 1.0
+    return loss, stats

@@ -1,0 +1,91 @@
+"""The Ray actors: rollout workers, reward workers and the learner, each in its own process."""
+
+from __future__ import annotations
+
+import os
+import resource
+
+import ray
+import torch
+
+from rlft.learner.learner import Learner
+from rlft.models.loading import load_causal_lm, load_tokenizer, pick_device
+from rlft.reward.scorer import RewardScorer
+from rlft.rollout.types import SamplingParams, generate
+
+
+def _set_threads(cfg) -> None:
+    torch.set_num_threads(cfg.ray.torch_threads or os.cpu_count() or 1)
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class RolloutWorker:
+    """Owns a generation engine over its copy of the policy; receives new weights each step."""
+
+    def __init__(self, cfg, index: int):
+        _set_threads(cfg)
+        self.cfg = cfg
+        self.index = index
+        self.tokenizer = load_tokenizer(cfg.model)
+        if cfg.rollout.engine == "vllm":
+            from rlft.rollout.vllm_engine import VLLMEngine  # optional extra, imported only when chosen
+
+            self.engine = VLLMEngine(cfg)
+        else:
+            from rlft.rollout.builtin import BuiltinEngine
+
+            model = load_causal_lm(cfg.model, pick_device(cfg.rollout.device))
+            self.engine = BuiltinEngine(model, self.tokenizer, max_slots=cfg.rollout.max_slots)
+
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[list[dict]]:
+        """Groups of completions (as plain dicts) for `prompt_ids`."""
+        return [[vars(c) for c in group] for group in generate(self.engine, prompt_ids, params)]
+
+    def load_weights(self, state: dict[str, torch.Tensor]) -> None:
+        self.engine.load_weights(state)
+
+    def peak_memory_bytes(self) -> int:
+        return _peak_rss_bytes()
+
+
+class RewardWorker:
+    """Scores completions with the configured reward functions."""
+
+    def __init__(self, cfg):
+        _set_threads(cfg)
+        self.scorer = RewardScorer(cfg.reward)
+
+    def score(self, prompts: list[str], completions: list[str], rows: list[dict]) -> tuple[list[float], dict]:
+        return self.scorer.score(prompts, completions, rows)
+
+    def peak_memory_bytes(self) -> int:
+        return _peak_rss_bytes()
+
+
+class LearnerWorker(Learner):
+    """The learner in its own process (see rlft.learner.learner.Learner)."""
+
+    def __init__(self, cfg):
+        _set_threads(cfg)
+        super().__init__(cfg)
+
+    def peak_memory_bytes(self) -> int:
+        return max(super().peak_memory_bytes(), _peak_rss_bytes())
+
+
+def start_actors(cfg) -> tuple[list, list, object]:
+    """Rollout workers, reward workers and the learner, placed by their devices."""
+    rollout_gpus = 1 if cfg.rollout.engine == "vllm" or pick_device(cfg.rollout.device).type == "cuda" else 0
+    learner_gpus = 1 if pick_device(cfg.learner.device).type == "cuda" else 0
+    # CPU actors ask Ray for no CPU slots: the sync loop runs one phase at a time and each actor
+    # sets its own torch threads, so reserving cores would only stop small machines from starting.
+    rollout_cls = ray.remote(num_cpus=0, num_gpus=rollout_gpus)(RolloutWorker)
+    reward_cls = ray.remote(num_cpus=0)(RewardWorker)
+    learner_cls = ray.remote(num_cpus=0, num_gpus=learner_gpus)(LearnerWorker)
+    rollout = [rollout_cls.remote(cfg, i) for i in range(cfg.rollout.num_workers)]
+    rewards = [reward_cls.remote(cfg) for _ in range(cfg.reward.num_workers)]
+    learner = learner_cls.remote(cfg)
+    return rollout, rewards, learner

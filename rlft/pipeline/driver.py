@@ -1,0 +1,292 @@
+"""The single controller: rollout -> reward -> learner -> weight sync, one step at a time (on-policy).
+
+Reads top to bottom: `train()` sets up the run folder and Ray, `Trainer.run()` is the loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+
+import ray
+import torch
+from tqdm import tqdm
+
+from rlft.config import RLConfig, config_to_yaml
+from rlft.data import build_task
+from rlft.errors import UserError
+from rlft.models.loading import load_tokenizer
+from rlft.pipeline import checkpoint as ckpt
+from rlft.pipeline.actors import start_actors
+from rlft.pipeline.batch import build_train_batch
+from rlft.reward import RewardFailureError, check_failure_rate
+from rlft.rollout.types import SamplingParams
+
+log = logging.getLogger("rlft")
+
+
+def split_evenly(items: list, parts: int) -> list[list]:
+    """`items` cut into `parts` contiguous slices whose sizes differ by at most one."""
+    size, extra = divmod(len(items), parts)
+    out, start = [], 0
+    for i in range(parts):
+        end = start + size + (i < extra)
+        out.append(items[start:end])
+        start = end
+    return out
+
+
+class Trainer:
+    """Owns the actors and the run folder for one run."""
+
+    def __init__(self, cfg: RLConfig, run_dir: Path):
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.tokenizer = load_tokenizer(cfg.model)
+        self.task = build_task(cfg.data, self.tokenizer, cfg.train.seed)
+        self.rollout, self.rewarders, self.learner = start_actors(cfg)
+        self.eval_prompt_ids = [self._tokenize(r["prompt"]) for r in self.task.eval_rows]
+        self.state = {"step": 0, "evals": [], "samples": 0, "tokens": 0, "train_seconds": 0.0}
+
+    def _tokenize(self, text: str) -> list[int]:
+        return self.tokenizer(text)["input_ids"]
+
+    # --- the phases of a step -----------------------------------------------------------------
+
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[list[dict]]:
+        """Groups for `prompt_ids`, the prompts dealt evenly to the rollout workers."""
+        parts = split_evenly(prompt_ids, len(self.rollout))
+        futures = [w.generate.remote(part, params) for w, part in zip(self.rollout, parts) if part]
+        return [group for result in ray.get(futures) for group in result]
+
+    def score(self, rows: list[dict], groups: list[list[dict]]) -> tuple[torch.Tensor, dict]:
+        """Rewards [prompts, G] and the reward metrics, samples dealt evenly to the reward workers."""
+        flat = [(row["prompt"], c["text"], row) for row, group in zip(rows, groups) for c in group]
+        parts = split_evenly(flat, len(self.rewarders))
+        futures = [
+            w.score.remote([p for p, _, _ in part], [c for _, c, _ in part], [r for _, _, r in part])
+            for w, part in zip(self.rewarders, parts)
+            if part
+        ]
+        results = ray.get(futures)
+        rewards = [r for values, _ in results for r in values]
+        metrics: dict[str, float] = {}
+        for (_, part_metrics), part in zip(results, [p for p in parts if p]):
+            for k, v in part_metrics.items():  # counts add up; per-sample means are re-weighted by part size
+                counted = k.endswith(("failures", "timeouts", "worker_restarts")) or k == "reward/time_s"
+                metrics[k] = metrics.get(k, 0.0) + (v if counted else v * len(part) / len(flat))
+        g = len(groups[0])
+        return torch.tensor(rewards, dtype=torch.float32).view(len(groups), g), metrics
+
+    def sync_weights(self) -> None:
+        """Learner -> object store -> every rollout worker (one put, many gets)."""
+        weights = self.learner.state_dict.remote()
+        ray.get([w.load_weights.remote(weights) for w in self.rollout])
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out accuracy of the current policy (greedy unless rollout.eval_temperature > 0)."""
+        r = self.cfg.rollout
+        params = SamplingParams(
+            n=1, temperature=r.eval_temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens, stop=r.stop,
+            seed=self.cfg.train.seed,
+        )
+        groups = self.generate(self.eval_prompt_ids, params)
+        rewards, _ = self.score(self.task.eval_rows, groups)
+        threshold = self.cfg.train.eval_accuracy_threshold
+        return {"eval/accuracy": float((rewards >= threshold).float().mean()), "eval/reward": float(rewards.mean())}
+
+    def train_step(self, step: int) -> dict[str, float]:
+        cfg, r = self.cfg, self.cfg.rollout
+        t0 = time.perf_counter()
+        rows = self.task.train_batch(step, r.prompts_per_step)
+        prompt_ids = [self._tokenize(row["prompt"]) for row in rows]
+        params = SamplingParams(
+            n=r.group_size, temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,
+            stop=r.stop, seed=cfg.train.seed * 1_000_003 + step,
+        )
+        groups = self.generate(prompt_ids, params)
+        t1 = time.perf_counter()
+        rewards, metrics = self.score(rows, groups)
+        t2 = time.perf_counter()
+        batch = build_train_batch(
+            prompt_ids,
+            [[c["token_ids"] for c in g] for g in groups],
+            [[c["logprobs"] for c in g] for g in groups],
+            rewards, cfg.algo, r.max_new_tokens, self.tokenizer.pad_token_id,
+        )
+        metrics.update(ray.get(self.learner.train_step.remote(batch)))
+        t3 = time.perf_counter()
+        self.sync_weights()
+        t4 = time.perf_counter()
+
+        lengths = [len(c["token_ids"]) for g in groups for c in g]
+        tokens = sum(lengths)
+        equal_groups = (rewards.max(dim=1).values == rewards.min(dim=1).values).float().mean()
+        metrics.update({
+            "step": step,
+            "reward/mean": float(rewards.mean()),
+            "reward/std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
+            "train/accuracy": float((rewards >= cfg.train.eval_accuracy_threshold).float().mean()),
+            "train/equal_reward_groups": float(equal_groups),
+            "response/length_mean": tokens / len(lengths),
+            "response/truncated": sum(c["finish_reason"] == "length" for g in groups for c in g) / len(lengths),
+            "time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "time/learner_step_s": t3 - t2,
+            "time/sync_s": t4 - t3, "time/step_s": t4 - t0,
+            "throughput/rollout_tokens_per_s": tokens / max(t1 - t0, 1e-9),
+        })
+        self.state["samples"] += len(lengths)
+        self.state["tokens"] += tokens
+        return metrics
+
+    # --- checkpoints --------------------------------------------------------------------------
+
+    def save(self, step: int) -> Path:
+        tmp = ckpt.staging_dir(self.run_dir, step)
+        ray.get(self.learner.save.remote(str(tmp)))
+        self.tokenizer.save_pretrained(tmp)
+        return ckpt.commit_checkpoint(self.run_dir, step, tmp, self.state, self.cfg.train.keep_checkpoints)
+
+    def restore(self, path: Path) -> None:
+        ray.get(self.learner.load.remote(str(path)))
+        self.state = json.loads((path / "trainer_state.json").read_text())
+        self.sync_weights()
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        metrics_path = self.run_dir / "metrics.jsonl"
+        start = self.state["step"]
+        _truncate_metrics(metrics_path, start)
+        if not self.state["evals"]:
+            self._record_eval(0, metrics_path)
+        bar = tqdm(total=cfg.train.steps, initial=start, desc="rlft", unit="step", disable=not cfg.train.progress,
+                   dynamic_ncols=True)
+        try:
+            for step in range(start + 1, cfg.train.steps + 1):
+                t0 = time.perf_counter()
+                metrics = self.train_step(step)
+                self.state["step"] = step
+                self.state["train_seconds"] += time.perf_counter() - t0
+                self._check_reward_failures(step, metrics)
+                last = step == cfg.train.steps
+                if (cfg.train.eval_every and step % cfg.train.eval_every == 0) or last:
+                    metrics.update(self._eval_now(step))
+                _append_jsonl(metrics_path, metrics)
+                if (cfg.train.save_every and step % cfg.train.save_every == 0) or last:
+                    self.save(step)
+                bar.update(1)
+                bar.set_postfix(
+                    reward=f"{metrics['reward/mean']:.3f}", acc=f"{self.state['evals'][-1]['eval/accuracy']:.3f}",
+                    tok_s=f"{metrics['throughput/rollout_tokens_per_s']:.0f}", refresh=False,
+                )
+        finally:
+            bar.close()
+        return self.summary()
+
+    def _eval_now(self, step: int) -> dict:
+        result = self.evaluate()
+        self.state["evals"].append({"step": step, **result})
+        return result
+
+    def _record_eval(self, step: int, metrics_path: Path) -> None:
+        result = self._eval_now(step)
+        _append_jsonl(metrics_path, {"step": step, **result})
+
+    def _check_reward_failures(self, step: int, metrics: dict) -> None:
+        """Past reward.max_failure_rate: save what was learned, then stop with the reward's error."""
+        try:
+            check_failure_rate(metrics, self.cfg.reward)
+        except RewardFailureError as e:
+            path = self.save(step)
+            raise RewardFailureError(f"step {step}: {e}. Checkpoint saved at {path}; resume with --resume {self.run_dir}") from None
+
+    def summary(self) -> dict:
+        evals = self.state["evals"]
+        peaks = ray.get([a.peak_memory_bytes.remote() for a in [self.learner, *self.rollout, *self.rewarders]])
+        return {
+            "run_dir": str(self.run_dir),
+            "steps": self.state["step"],
+            "samples": self.state["samples"],
+            "tokens_generated": self.state["tokens"],
+            "train_seconds": round(self.state["train_seconds"], 1),
+            "initial_accuracy": evals[0]["eval/accuracy"],
+            "final_accuracy": evals[-1]["eval/accuracy"],
+            "best_accuracy": max(e["eval/accuracy"] for e in evals),
+            "best_step": max(evals, key=lambda e: e["eval/accuracy"])["step"],
+            "peak_memory_mb": {
+                "learner": round(peaks[0] / 2**20),
+                "rollout": round(max(peaks[1 : 1 + len(self.rollout)]) / 2**20),
+                "reward": round(max(peaks[1 + len(self.rollout) :]) / 2**20),
+            },
+        }
+
+
+def _append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop records past `last_step` (written after the checkpoint a resumed run starts from)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
+def make_run_dir(cfg: RLConfig) -> Path:
+    name = cfg.train.run_name or f"{cfg.algo.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(cfg.train.output_dir) / name
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise UserError(f"run folder {run_dir} already exists; pick another train.run_name or resume it with --resume {run_dir}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+    return run_dir
+
+
+def ray_session(cfg: RLConfig) -> bool:
+    """Join `ray.address` or start a local Ray; returns whether this process started it."""
+    if ray.is_initialized():
+        return False
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = {
+        "PYTHONPATH": os.pathsep.join(p for p in [package_root, os.environ.get("PYTHONPATH", "")] if p),
+        "TRANSFORMERS_VERBOSITY": "error",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    kwargs = dict(runtime_env={"env_vars": env}, logging_level=logging.WARNING, log_to_driver=True)
+    if cfg.ray.address:
+        ray.init(address=cfg.ray.address, **kwargs)
+        return False
+    ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, **kwargs)
+    return True
+
+
+def train(cfg: RLConfig, resume_dir: Path | None = None) -> dict:
+    """Run (or resume) training; returns the summary, also saved as summary.json in the run folder."""
+    run_dir = resume_dir if resume_dir is not None else make_run_dir(cfg)
+    started_ray = ray_session(cfg)
+    trainer = None
+    try:
+        trainer = Trainer(cfg, run_dir)
+        if resume_dir is not None and (latest := ckpt.latest_checkpoint(run_dir)) is not None:
+            trainer.restore(latest)
+            log.warning("resuming %s from step %d", run_dir, trainer.state["step"])
+        summary = trainer.run()
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+    finally:
+        if trainer is not None and not started_ray:  # on a shared cluster, remove only our actors
+            for actor in [trainer.learner, *trainer.rollout, *trainer.rewarders]:
+                ray.kill(actor)
+        if started_ray:
+            ray.shutdown()

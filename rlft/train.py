@@ -1,0 +1,127 @@
+"""`python -m rlft.train`: fine-tune a causal LM with verifiable rewards.
+
+    python -m rlft.train --algo grpo-ba                        # embedded tiny model and task, CPU
+    python -m rlft.train --algo grpo --config configs/qwen2.5-math-1.5b_gsm8k.yaml
+    python -m rlft.train --algo grpo-ba rollout.group_size=16 optim.lr=3e-4
+    python -m rlft.train --reward my_rewards.py:score          # a reward function of your own
+    python -m rlft.train --resume runs/grpo-ba-20261122-101500 # continue from the last checkpoint
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from rlft.errors import ConfigError, UserError
+
+
+def _help_epilog() -> str:
+    from rlft.algorithms import ALGO_PRESETS
+    from rlft.config import describe_options
+    from rlft.reward.registry import REWARDS, import_builtin_rewards
+
+    import_builtin_rewards()
+    algos = "\n".join(f"  {name:14s} {ALGO_PRESETS.get(name)['algo']}" for name in ALGO_PRESETS.names())
+    return (
+        f"algorithms (--algo):\n{algos}\n\nrewards (--reward, or 'file.py:fn' / 'package.module:fn'):\n  "
+        + ", ".join(REWARDS.names())
+        + "\n\noptions (key=value, dotted):\n"
+        + describe_options()
+    )
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m rlft.train",
+        description=__doc__,
+        epilog=_help_epilog() if ("-h" in argv or "--help" in argv) else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--algo", help="algorithm preset (listed below); default grpo-ba")
+    parser.add_argument("--config", help="YAML file with config sections (see configs/)")
+    parser.add_argument(
+        "--reward", action="append", metavar="SPEC[@WEIGHT]",
+        help="reward function: a registered name, file.py:fn or package.module:fn; repeat for several",
+    )
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. rollout.group_size=16")
+    return parser.parse_args(argv)
+
+
+def _reward_overrides(specs: list[str]) -> list[dict]:
+    functions = []
+    for spec in specs:
+        name, _, weight = spec.partition("@")
+        try:
+            functions.append({"name": name, "weight": float(weight) if weight else 1.0})
+        except ValueError:
+            raise ConfigError(f"--reward {spec!r}: the weight after '@' must be a number") from None
+    return functions
+
+
+def build_run_config(args: argparse.Namespace):
+    """The config for this invocation (a resumed run starts from its saved config.yaml)."""
+    from rlft.config import build_config, deep_merge, load_yaml, parse_override, resolve_config
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise UserError(f"--resume {args.resume}: no config.yaml there; give a run folder made by rlft.train")
+        if args.algo or args.config:
+            raise ConfigError("--resume takes the run's saved config; --algo and --config cannot change it (use key=value)")
+        tree = load_yaml(run_dir / "config.yaml")
+        for text in args.overrides:
+            path, value = parse_override(text)
+            patch: dict = value
+            for part in reversed(path):
+                patch = {part: patch}
+            tree = deep_merge(tree, patch)
+        return build_config(tree)
+    overrides = list(args.overrides)
+    cfg = resolve_config(args.algo, args.config, overrides)
+    if args.reward:
+        tree = cfg.model_dump()
+        tree["reward"]["functions"] = _reward_overrides(args.reward)
+        cfg = build_config(tree)
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args = parse_args(argv)
+        cfg = build_run_config(args)
+        if args.print_config:
+            from rlft.config import config_to_yaml
+
+            print(config_to_yaml(cfg), end="")
+            return 0
+        from rlft.reward.registry import load_reward_fn
+
+        for spec in cfg.reward.functions:  # fail at start, not after the first rollout
+            load_reward_fn(spec.name)
+        from rlft.pipeline.driver import train
+
+        summary = train(cfg, Path(args.resume) if args.resume else None)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("\ninterrupted; the last checkpoint is kept (resume with --resume RUN_DIR)", file=sys.stderr)
+        return 130
+    _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary: dict) -> None:
+    print("\nrlft summary")
+    for key, value in summary.items():
+        print(f"  {key:20s} {value}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
