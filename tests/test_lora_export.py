@@ -54,6 +54,7 @@ def test_save_merged_writes_a_checkpoint_auto_model_loads(tmp_path):
     assert torch.allclose(loaded(tokens).logits, model(tokens).logits, atol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # raised inside PEFT
 @pytest.mark.parametrize("kind", ["lora", "polar"])
 def test_peft_loads_the_exported_adapter_and_matches_outputs(tmp_path, kind):
     peft = pytest.importorskip("peft")
