@@ -42,11 +42,6 @@ class Learner:
             with_entropy=with_entropy, entropy_grad=bool(self.cfg.algo.entropy_coef),
         )
 
-    def _micro_batches(self, batch: TrainBatch):
-        size = self.cfg.learner.micro_batch_size
-        for start in range(0, len(batch), size):
-            yield batch.select(slice(start, start + size))
-
     @torch.no_grad()
     def _frozen_logprobs(self, model, batch: TrainBatch) -> torch.Tensor:
         """[N, L] log-probs of a model that does not change during this step (reference or old policy)."""
@@ -69,34 +64,47 @@ class Learner:
             rows = (batch.minibatch == m).nonzero().flatten()
             if len(rows) == 0:
                 continue
-            minibatch = batch.select(rows)
-            minibatch_old = old[rows] if old is not None else None
-            minibatch_ref = ref[rows] if ref is not None else None
             self.optimizer.zero_grad(set_to_none=True)
-            size = cfg.learner.micro_batch_size
-            for s in range(0, len(minibatch), size):
-                part = minibatch.select(slice(s, s + size))
-                width = part.tokens.shape[1]
-                logprobs, entropy = self._logprobs(self.model, part, with_entropy=True)
-                old_lp = minibatch_old[s : s + size, :width] if minibatch_old is not None else logprobs.detach()
-                ref_lp = minibatch_ref[s : s + size, :width] if minibatch_ref is not None else None
-                loss, stats = micro_batch_loss(
-                    logprobs, old_lp, part.response_mask, part.advantages, part.weights, part.token_weights,
-                    cfg.algo, ref_logprobs=ref_lp, entropy=entropy,
-                )
-                loss.backward()
-                for k, v in stats.items():
-                    totals[k] = max(totals.get(k, v), v) if k == "ratio_max" else totals.get(k, 0.0) + v
-            grad_norm = self._clip_gradients()
+            stats = self.accumulate_gradients(
+                batch.select(rows), old[rows] if old is not None else None, ref[rows] if ref is not None else None
+            )
+            stats["grad_norm"] = self._clip_gradients()
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer_steps += 1
-            totals["grad_norm"] = totals.get("grad_norm", 0.0) + grad_norm
+            for k, v in stats.items():
+                totals[k] = max(totals.get(k, v), v) if k == "ratio_max" else totals.get(k, 0.0) + v
         steps = cfg.algo.num_minibatches
         metrics = {f"learner/{k}": (v if k == "ratio_max" else v / steps) for k, v in totals.items()}
         metrics["learner/lr"] = self.scheduler.get_last_lr()[0]
         metrics["time/learner_s"] = time.perf_counter() - start
         return metrics
+
+    def accumulate_gradients(
+        self, minibatch: TrainBatch, old: torch.Tensor | None = None, ref: torch.Tensor | None = None
+    ) -> dict[str, float]:
+        """Backward of the mini-batch's loss, micro-batch by micro-batch, into `.grad`; returns statistics.
+
+        `old` / `ref`: [n, L] log-probs of the policy before this step / of the reference; with no
+        `old` the current policy is the behaviour policy (ratio 1, the on-policy case).
+        """
+        size = self.cfg.learner.micro_batch_size
+        totals: dict[str, float] = {}
+        for s in range(0, len(minibatch), size):
+            part = minibatch.select(slice(s, s + size))
+            width = part.tokens.shape[1]
+            logprobs, entropy = self._logprobs(self.model, part, with_entropy=True)
+            loss, stats = micro_batch_loss(
+                logprobs,
+                old[s : s + size, :width] if old is not None else logprobs.detach(),
+                part.response_mask, part.advantages, part.weights, part.token_weights, self.cfg.algo,
+                ref_logprobs=ref[s : s + size, :width] if ref is not None else None,
+                entropy=entropy,
+            )
+            loss.backward()
+            for k, v in stats.items():
+                totals[k] = max(totals.get(k, v), v) if k == "ratio_max" else totals.get(k, 0.0) + v
+        return totals
 
     def _clip_gradients(self) -> float:
         if self.cfg.optim.grad_clip > 0:
