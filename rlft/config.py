@@ -110,15 +110,49 @@ class RewardConfig(Section):
 class AlgoConfig(Section):
     name: str = Field("grpo-ba", description="the preset this run started from (see --help)")
     advantage: str = Field("grpo", description="advantage estimator")
+    advantage_scale: Literal["group", "batch", "none"] | None = Field(
+        None,
+        description="divide centred rewards by the group's std, the batch's std or nothing "
+        "(default: the estimator's own: grpo group, reinforce++ batch, dr-grpo and rloo none)",
+    )
     aggregation: str = Field("balanced", description="how per-token losses are summed (DESIGN 4.2)")
-    std_eps: float = Field(1e-6, ge=0.0, description="epsilon added to the group std (grpo)")
+    std_eps: float = Field(1e-6, ge=0.0, description="epsilon added to the reward std (advantage_scale group/batch)")
+    ratio_level: Literal["token", "sequence"] = Field(
+        "token", description="importance ratio per token (PPO) or per sequence, length-normalised (GSPO)"
+    )
     clip_eps_low: float = Field(0.2, ge=0.0, description="PPO ratio clip below 1")
     clip_eps_high: float = Field(0.2, ge=0.0, description="PPO ratio clip above 1 (clip-higher when larger)")
     dual_clip: float | None = Field(None, gt=1.0, description="dual-clip bound c for negative advantages")
+    tis_cap: float | None = Field(
+        None, gt=0.0,
+        description="truncated importance sampling: scale each token's loss by min(pi_learner / pi_rollout, cap) "
+        "to correct engine mismatch and stale samples (None: off; 2.0 is common)",
+    )
     kl_coef: float = Field(0.0, ge=0.0, description="weight of the KL to the frozen reference (0: no reference)")
     kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator")
+    kl_mode: Literal["loss", "reward"] = Field(
+        "loss", description="KL as a token-mean loss term, or summed over each response and subtracted from its reward"
+    )
     entropy_coef: float = Field(0.0, description="entropy bonus weight")
     num_minibatches: int = Field(1, ge=1, description="optimizer steps per rollout batch (split by prompts)")
+    dynamic_sampling: bool = Field(
+        False, description="drop groups whose rewards are all equal and refill the batch with fresh prompts (DAPO)"
+    )
+    dynamic_sampling_max_rounds: int = Field(
+        3, ge=0,
+        description="dynamic sampling: extra generation rounds per step at most, each of rollout.prompts_per_step prompts",
+    )
+    overlong: Literal["none", "filter", "penalty"] = Field(
+        "none",
+        description="responses cut at rollout.max_new_tokens: keep, mask out of the loss ('filter'), "
+        "or soft length penalty on the reward ('penalty', DAPO)",
+    )
+    overlong_buffer: float = Field(
+        0.2, gt=0.0, le=1.0,
+        description="soft overlong penalty: ramps from 0 to -overlong_penalty over this last fraction of "
+        "rollout.max_new_tokens",
+    )
+    overlong_penalty: float = Field(1.0, ge=0.0, description="soft overlong penalty at rollout.max_new_tokens")
 
 
 class LearnerConfig(Section):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from rlft.algorithms import AGGREGATIONS
@@ -60,3 +61,24 @@ def test_token_mean_couples_side_weight_to_length():
 def test_balanced_weighs_every_token_within_a_side_equally():
     w = weights("balanced")[0]
     assert w[0] == w[3] and w[1] == w[2]  # long and short answers of one side: same per-token weight
+
+
+def test_learner_loss_gradient_per_token_is_minus_advantage_times_weight():
+    # through the real batch builder and loss: on-policy (ratio 1), d loss / d log pi_{i,t} = -A_i * w_i
+    from rlft.config import AlgoConfig
+    from rlft.learner.loss import micro_batch_loss
+    from rlft.pipeline.batch import build_train_batch
+
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]])  # A = +-s in group 0, 0 in group 1
+    s = 0.5 / (1 / 3) ** 0.5
+    cfg = AlgoConfig(aggregation="balanced", std_eps=0.0)
+    responses = [[[7] * int(n) for n in row] for row in LENGTHS.tolist()]
+    logprobs = [[[0.0] * len(r) for r in g] for g in responses]
+    batch = build_train_batch([[1], [1, 2]], responses, logprobs, rewards, cfg, L_MAX, 0)
+    logp = torch.zeros(batch.tokens.shape, requires_grad=True)
+    loss, _ = micro_batch_loss(logp, logp.detach(), batch.response_mask, batch.advantages, batch.weights,
+                               batch.token_weights, cfg)
+    loss.backward()
+    per_response = [float(logp.grad[i][batch.response_mask[i] > 0].unique()) for i in range(8)]
+    expected = [-s / 56, s / 40, s / 40, -s / 56, 0.0, 0.0, 0.0, 0.0]
+    assert per_response == pytest.approx(expected, abs=1e-6)

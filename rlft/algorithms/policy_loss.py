@@ -1,13 +1,30 @@
-"""Per-token policy-gradient loss and the KL estimators; all shapes [sequences, tokens]."""
+"""Per-token policy-gradient loss, importance ratios and the KL estimators; all shapes [sequences, tokens]."""
 
 from __future__ import annotations
 
 import torch
 
 
+def importance_log_ratio(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, response_mask: torch.Tensor, level: str = "token"
+) -> torch.Tensor:
+    """log rho [n, T] of the current policy against the behaviour policy, per token or per sequence.
+
+    `level="sequence"` is GSPO's ratio s_i = exp(mean_t log(pi/pi_old)) over the response tokens, in
+    its token form: every token's value is s_i and its gradient s_i * grad log pi_t, so any
+    aggregation of the tokens sees the sequence ratio (GSPO exactly under seq-mean-token-mean).
+    """
+    log_ratio = logprobs - old_logprobs
+    if level == "token":
+        return log_ratio
+    if level == "sequence":
+        seq = (log_ratio * response_mask).sum(-1, keepdim=True) / response_mask.sum(-1, keepdim=True).clamp(min=1)
+        return seq.detach() + logprobs - logprobs.detach()
+    raise ValueError(f"unknown ratio level {level!r}")
+
+
 def clipped_surrogate(
-    logprobs: torch.Tensor,
-    old_logprobs: torch.Tensor,
+    log_ratio: torch.Tensor,
     advantages: torch.Tensor,
     clip_eps_low: float,
     clip_eps_high: float,
@@ -15,17 +32,29 @@ def clipped_surrogate(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO's clipped loss l_{i,t} = -min(rho*A, clip(rho, 1-eps_low, 1+eps_high)*A) and where it clipped.
 
-    logprobs, old_logprobs: [n, T] float32; advantages: [n, 1] or [n, T]. With `dual_clip = c`,
-    negative-advantage tokens are also bounded by -c*A (dual-clip PPO), so one huge ratio cannot
-    dominate the step.
+    log_ratio: [n, T] float32 (see `importance_log_ratio`); advantages: [n, 1] or [n, T]. With
+    `dual_clip = c`, negative-advantage tokens are also bounded by -c*A (dual-clip PPO), so one huge
+    ratio cannot dominate the step.
     """
-    ratio = torch.exp(logprobs - old_logprobs)
+    ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - clip_eps_low, 1.0 + clip_eps_high)
     loss = torch.maximum(unclipped, clipped)
     if dual_clip is not None:
         loss = torch.where(advantages < 0, torch.minimum(loss, -dual_clip * advantages), loss)
     return loss, (clipped > unclipped)
+
+
+def truncated_is_weights(
+    old_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor, response_mask: torch.Tensor, cap: float
+) -> torch.Tensor:
+    """min(pi_old / pi_rollout, cap) per token [n, T], no gradient (TIS; 1 outside the response).
+
+    Corrects for samples drawn by a policy other than the learner's behaviour policy: an engine
+    whose numerics differ from the learner's, or weights a few updates stale (async rollout).
+    """
+    log_w = torch.where(response_mask > 0, old_logprobs - rollout_logprobs, torch.zeros_like(old_logprobs))
+    return torch.exp(log_w.detach()).clamp(max=cap)
 
 
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str) -> torch.Tensor:

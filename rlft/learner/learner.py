@@ -52,6 +52,11 @@ class Learner:
             out[start : start + len(part), : logprobs.shape[1]] = logprobs
         return out
 
+    def reference_logprobs(self, batch: TrainBatch) -> torch.Tensor:
+        """[N, L] log-probs of the frozen reference on CPU (algo.kl_mode 'reward': charged before advantages)."""
+        batch = TrainBatch(**{k: v.to(self.device) for k, v in vars(batch).items()})
+        return self._frozen_logprobs(self.ref_model, batch).cpu()
+
     def train_step(self, batch: TrainBatch) -> dict[str, float]:
         """One rollout batch: `algo.num_minibatches` optimizer steps; returns averaged statistics."""
         start = time.perf_counter()
@@ -99,7 +104,7 @@ class Learner:
                 old[s : s + size, :width] if old is not None else logprobs.detach(),
                 part.response_mask, part.advantages, part.weights, part.token_weights, self.cfg.algo,
                 ref_logprobs=ref[s : s + size, :width] if ref is not None else None,
-                entropy=entropy,
+                entropy=entropy, rollout_logprobs=part.rollout_logprobs,
             )
             loss.backward()
             for k, v in stats.items():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rlft.algorithms.policy_loss import clipped_surrogate, kl_penalty
+from rlft.algorithms.policy_loss import clipped_surrogate, importance_log_ratio, kl_penalty, truncated_is_weights
 
 
 def micro_batch_loss(
@@ -17,21 +17,33 @@ def micro_batch_loss(
     algo_cfg,
     ref_logprobs: torch.Tensor | None = None,
     entropy: torch.Tensor | None = None,
+    rollout_logprobs: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The micro-batch's share of the mini-batch loss, and its share of each logged statistic.
 
     Tensors are [n, L] except advantages, weights, token_weights [n]. Because the weights carry the
     global normalisers, these shares simply add up over micro-batches and data-parallel ranks.
+    `rollout_logprobs` (the engine's sampling log-probs) are needed with `algo.tis_cap`.
     """
+    log_ratio = importance_log_ratio(logprobs, old_logprobs, response_mask, algo_cfg.ratio_level)
     pg, clipped = clipped_surrogate(
-        logprobs, old_logprobs, advantages[:, None], algo_cfg.clip_eps_low, algo_cfg.clip_eps_high, algo_cfg.dual_clip
+        log_ratio, advantages[:, None], algo_cfg.clip_eps_low, algo_cfg.clip_eps_high, algo_cfg.dual_clip
     )
     per_token = token_weights[:, None] * response_mask  # token-mean weights for KL, entropy and stats
+    stats: dict[str, float] = {}
+    if algo_cfg.tis_cap is not None:
+        if rollout_logprobs is None:
+            raise ValueError("algo.tis_cap needs the rollout log-probs; pass rollout_logprobs to micro_batch_loss")
+        tis = truncated_is_weights(old_logprobs, rollout_logprobs, response_mask, algo_cfg.tis_cap)
+        pg = pg * tis
+        stats["tis_weight_mean"] = (tis * per_token).sum().item()
+        stats["tis_truncated_frac"] = ((tis >= algo_cfg.tis_cap).float() * per_token).sum().item()
     loss = (pg * weights[:, None] * response_mask).sum()
-    stats = {"pg_loss": loss.item()}
+    stats["pg_loss"] = loss.item()
     if ref_logprobs is not None:
         kl = (kl_penalty(logprobs, ref_logprobs, algo_cfg.kl_estimator) * per_token).sum()
-        loss = loss + algo_cfg.kl_coef * kl
+        if algo_cfg.kl_mode == "loss":  # with kl_mode 'reward' the driver already charged it to the rewards
+            loss = loss + algo_cfg.kl_coef * kl
         stats["kl"] = kl.item()
     if entropy is not None:
         mean_entropy = (entropy * per_token).sum()
@@ -39,7 +51,7 @@ def micro_batch_loss(
             loss = loss - algo_cfg.entropy_coef * mean_entropy
         stats["entropy"] = mean_entropy.item()
     with torch.no_grad():
-        ratio = torch.exp(logprobs - old_logprobs)
+        ratio = torch.exp(log_ratio)
         stats["clip_frac"] = (clipped.float() * per_token).sum().item()
         stats["ratio_mean"] = (ratio * per_token).sum().item()
         stats["ratio_max"] = (ratio * response_mask).max().item() if response_mask.any() else 1.0

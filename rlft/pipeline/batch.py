@@ -11,7 +11,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from rlft.algorithms import ADVANTAGES, AGGREGATIONS
+from rlft.algorithms import AGGREGATIONS
+from rlft.algorithms.advantages import compute_advantages
 
 
 @dataclass
@@ -39,9 +40,33 @@ class TrainBatch:
         return part
 
 
-def group_advantages(rewards: torch.Tensor, algo_cfg) -> torch.Tensor:
-    """Advantages [groups, G] from rewards [groups, G] with the configured estimator."""
-    return ADVANTAGES.get(algo_cfg.advantage)(rewards, std_eps=algo_cfg.std_eps)
+def assign_advantages(
+    batch: TrainBatch, rewards: torch.Tensor, algo_cfg, max_new_tokens: int, keep: torch.Tensor | None = None
+) -> TrainBatch:
+    """Fill the batch's advantages, aggregation weights and mini-batch ids from rewards [B, G] (rows group-major).
+
+    `keep` [B, G] bool: responses that enter the loss (False: masked out, e.g. overlong filtering);
+    a masked response still counts in its group's baseline but adds no token to any normaliser.
+    """
+    b, g = rewards.shape
+    advantages = compute_advantages(rewards, algo_cfg)
+    keep = torch.ones(b, g, dtype=torch.bool) if keep is None else keep.to(torch.bool)
+    lengths = batch.response_mask.sum(dim=1).view(b, g).cpu() * keep
+    # groups are dealt to mini-batches in order; each mini-batch normalises on its own
+    minibatch_of_group = torch.arange(b) * algo_cfg.num_minibatches // b
+    weights = torch.zeros(b, g)
+    token_weights = torch.zeros(b, g)
+    aggregate = AGGREGATIONS.get(algo_cfg.aggregation)
+    for m in range(algo_cfg.num_minibatches):
+        sel = minibatch_of_group == m
+        if sel.any():
+            weights[sel] = aggregate(advantages[sel] * keep[sel], lengths[sel], max_new_tokens) * keep[sel]
+            token_weights[sel] = keep[sel] / lengths[sel].sum().clamp(min=1)
+    batch.advantages = advantages.flatten().float()
+    batch.weights = weights.flatten()
+    batch.token_weights = token_weights.flatten()
+    batch.minibatch = minibatch_of_group.repeat_interleave(g)
+    return batch
 
 
 def build_train_batch(
@@ -52,22 +77,9 @@ def build_train_batch(
     algo_cfg,
     max_new_tokens: int,
     pad_id: int,
+    keep: torch.Tensor | None = None,
 ) -> TrainBatch:
-    """The learner batch of B groups of G responses each; `rewards` is [B, G]."""
-    b, g = rewards.shape
-    advantages = group_advantages(rewards, algo_cfg)
-    lengths = torch.tensor([[len(r) for r in group] for group in responses], dtype=torch.float32)
-    # groups are dealt to mini-batches in order; each mini-batch normalises on its own
-    minibatch_of_group = torch.arange(b) * algo_cfg.num_minibatches // b
-    weights = torch.zeros(b, g)
-    token_weights = torch.zeros(b, g)
-    aggregate = AGGREGATIONS.get(algo_cfg.aggregation)
-    for m in range(algo_cfg.num_minibatches):
-        sel = minibatch_of_group == m
-        if sel.any():
-            weights[sel] = aggregate(advantages[sel], lengths[sel], max_new_tokens)
-            token_weights[sel] = 1.0 / lengths[sel].sum().clamp(min=1)
-
+    """The learner batch of B groups of G responses each; `rewards` and `keep` are [B, G]."""
     rows = [(p, r, lp) for p, group, lps in zip(prompt_ids, responses, response_logprobs) for r, lp in zip(group, lps)]
     width = max(len(p) + len(r) for p, r, _ in rows)
     n = len(rows)
@@ -81,13 +93,9 @@ def build_train_batch(
         attention_mask[i, :end] = 1
         response_mask[i, len(p) : end] = 1.0
         rollout_logprobs[i, len(p) : end] = torch.tensor(lp, dtype=torch.float32)
-    return TrainBatch(
-        tokens=tokens,
-        attention_mask=attention_mask,
-        response_mask=response_mask,
-        rollout_logprobs=rollout_logprobs,
-        advantages=advantages.flatten().float(),
-        weights=weights.flatten(),
-        token_weights=token_weights.flatten(),
-        minibatch=minibatch_of_group.repeat_interleave(g),
+    empty = torch.zeros(n)
+    batch = TrainBatch(
+        tokens=tokens, attention_mask=attention_mask, response_mask=response_mask, rollout_logprobs=rollout_logprobs,
+        advantages=empty, weights=empty, token_weights=empty, minibatch=empty.long(),
     )
+    return assign_advantages(batch, rewards, algo_cfg, max_new_tokens, keep)
