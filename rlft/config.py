@@ -155,6 +155,28 @@ class AlgoConfig(Section):
     overlong_penalty: float = Field(1.0, ge=0.0, description="soft overlong penalty at rollout.max_new_tokens")
 
 
+class TransferConfig(Section):
+    """Transfer-learning RLHF (TPO, DESIGN 4.3): imperfect source rewards pick extra samples into groups."""
+
+    sources: list[RewardSpec] = Field(
+        default_factory=list,
+        description="source reward functions (arms), as rewards are named: registered name, file.py:fn or "
+        "module:fn (empty: no transfer)",
+    )
+    beta: float = Field(1.0, ge=0.0, description="UCB exploration weight: win/n + beta/sqrt(n)")
+    refresh_prompts: int = Field(32, ge=1, description="K: the arm scores are refreshed every K prompts")
+    num_transferred: int = Field(4, ge=1, description="r: samples of a group taken from the extra samples")
+    num_extra: int = Field(32, ge=1, description="N: extra samples per prompt ranked by the source reward")
+    null_bar: float = Field(0.55, description="fixed score of the null arm (plain sampling); sources must beat it")
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _names_as_specs(cls, value):
+        if isinstance(value, (str, dict)):
+            value = [value]
+        return [{"name": v} if isinstance(v, str) else v for v in value]
+
+
 class LearnerConfig(Section):
     backend: Literal["torch", "deepspeed"] = Field("torch", description="single-process torch or DeepSpeed ZeRO")
     num_workers: int = Field(1, ge=1, description="data-parallel learner actors (deepspeed backend)")
@@ -225,6 +247,7 @@ class RLConfig(Section):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
     algo: AlgoConfig = Field(default_factory=AlgoConfig)
+    transfer: TransferConfig = Field(default_factory=TransferConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
@@ -352,6 +375,13 @@ def check_names(cfg: RLConfig) -> None:
     ADVANTAGES.get(cfg.algo.advantage, key="algo.advantage")
     AGGREGATIONS.get(cfg.algo.aggregation, key="algo.aggregation")
     OPTIMIZERS.get(cfg.optim.name, key="optim.name")
+    t, g = cfg.transfer, cfg.rollout.group_size
+    if t.sources and not (2 * t.num_transferred <= g and t.num_transferred <= t.num_extra):
+        raise ConfigError(
+            f"transfer.num_transferred={t.num_transferred} must be at most half of rollout.group_size={g} and at "
+            f"most transfer.num_extra={t.num_extra}: the source's picks are judged against as many plain samples, "
+            "so one that picks at random cannot clear the null arm's bar"
+        )
 
 
 def resolve_config(

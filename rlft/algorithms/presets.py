@@ -1,4 +1,7 @@
-"""`--algo` presets: each a named bundle of config values, every one still overridable."""
+"""`--algo` presets: each a named bundle of `algo.*` options, every one still overridable.
+
+Only algorithm options live here; task hyperparameters (lr, batch, steps) are the config defaults.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,11 @@ def register_algo(name: str, **algo_options) -> None:
 
 
 register_algo("grpo", advantage="grpo", aggregation="seq-mean-token-mean")
-register_algo("grpo-token", advantage="grpo", aggregation="token-mean", clip_eps_high=0.28)
+# DAPO's recipe: token-level loss, clip-higher, dynamic sampling, soft overlong punishment
+register_algo(
+    "grpo-token", advantage="grpo", aggregation="token-mean", clip_eps_high=0.28,
+    dynamic_sampling=True, overlong="penalty",
+)
 register_algo("dr-grpo", advantage="dr-grpo", aggregation="seq-mean-token-sum-norm")
 register_algo("grpo-ba", advantage="grpo", aggregation="balanced")
 register_algo("rloo", advantage="rloo", aggregation="seq-mean-token-mean")

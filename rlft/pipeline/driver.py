@@ -22,7 +22,8 @@ from rlft.errors import UserError
 from rlft.models.loading import load_tokenizer
 from rlft.pipeline import checkpoint as ckpt
 from rlft.pipeline.actors import start_actors
-from rlft.pipeline.batch import build_train_batch
+from rlft.pipeline.batch import assign_advantages, build_train_batch
+from rlft.pipeline.shaping import GroupSampler, kl_reward_penalty
 from rlft.reward import RewardFailureError, check_failure_rate
 from rlft.rollout.types import SamplingParams
 
@@ -51,6 +52,7 @@ class Trainer:
         self.rollout, self.rewarders, self.learner = start_actors(cfg)
         self.eval_prompt_ids = [self._tokenize(r["prompt"]) for r in self.task.eval_rows]
         self.state = {"step": 0, "evals": [], "samples": 0, "tokens": 0, "train_seconds": 0.0}
+        self.sampler = GroupSampler(cfg, self.task, self._tokenize, self.generate, self.score)
 
     def _tokenize(self, text: str) -> list[int]:
         return self.tokenizer(text)["input_ids"]
@@ -102,44 +104,42 @@ class Trainer:
     def train_step(self, step: int) -> dict[str, float]:
         cfg, r = self.cfg, self.cfg.rollout
         t0 = time.perf_counter()
-        rows = self.task.train_batch(step, r.prompts_per_step)
-        prompt_ids = [self._tokenize(row["prompt"]) for row in rows]
-        params = SamplingParams(
-            n=r.group_size, temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,
-            stop=r.stop, seed=cfg.train.seed * 1_000_003 + step,
-        )
-        groups = self.generate(prompt_ids, params)
-        t1 = time.perf_counter()
-        rewards, metrics = self.score(rows, groups)
+        self.sampler.load_state_dict(self.state.get("sampler", {}))  # TPO arm statistics survive a resume
+        groups, metrics = self.sampler.draw(step)  # rollout and reward; TPO, overlong, dynamic sampling
         t2 = time.perf_counter()
-        batch = build_train_batch(
-            prompt_ids,
-            [[c["token_ids"] for c in g] for g in groups],
-            [[c["logprobs"] for c in g] for g in groups],
-            rewards, cfg.algo, r.max_new_tokens, self.tokenizer.pad_token_id,
-        )
-        metrics.update(ray.get(self.learner.train_step.remote(batch)))
-        t3 = time.perf_counter()
-        self.sync_weights()
+        if len(groups):
+            batch = build_train_batch(
+                groups.prompt_ids,
+                [[c["token_ids"] for c in g] for g in groups.completions],
+                [[c["logprobs"] for c in g] for g in groups.completions],
+                groups.rewards, cfg.algo, r.max_new_tokens, self.tokenizer.pad_token_id, keep=groups.keep,
+            )
+            if cfg.algo.kl_coef > 0 and cfg.algo.kl_mode == "reward":  # the penalty enters before the advantages
+                ref = ray.get(self.learner.reference_logprobs.remote(batch))
+                penalty = kl_reward_penalty(batch, ref, cfg.algo, tuple(groups.rewards.shape))
+                assign_advantages(batch, groups.rewards - penalty, cfg.algo, r.max_new_tokens, groups.keep)
+                metrics["reward/kl_penalty"] = float(penalty.mean())
+            metrics.update(ray.get(self.learner.train_step.remote(batch)))
+            t3 = time.perf_counter()
+            self.sync_weights()
+        else:  # dynamic sampling found no group with unequal rewards: nothing to learn from this step
+            metrics["shaping/skipped_step"] = 1.0
+            t3 = time.perf_counter()
         t4 = time.perf_counter()
 
-        lengths = [len(c["token_ids"]) for g in groups for c in g]
-        tokens = sum(lengths)
-        equal_groups = (rewards.max(dim=1).values == rewards.min(dim=1).values).float().mean()
+        self.state["samples"] += self.sampler.generated["samples"]
+        self.state["tokens"] += self.sampler.generated["tokens"]
+        self.state["samples_scored"] = self.state.get("samples_scored", 0) + self.sampler.generated["scored"]
+        self.state["sampler"] = self.sampler.state_dict()
+        rollout_s = self.sampler.timings["rollout"]
         metrics.update({
             "step": step,
-            "reward/mean": float(rewards.mean()),
-            "reward/std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
-            "train/accuracy": float((rewards >= cfg.train.eval_accuracy_threshold).float().mean()),
-            "train/equal_reward_groups": float(equal_groups),
-            "response/length_mean": tokens / len(lengths),
-            "response/truncated": sum(c["finish_reason"] == "length" for g in groups for c in g) / len(lengths),
-            "time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "time/learner_step_s": t3 - t2,
-            "time/sync_s": t4 - t3, "time/step_s": t4 - t0,
-            "throughput/rollout_tokens_per_s": tokens / max(t1 - t0, 1e-9),
+            "samples": self.state["samples"],  # generated so far, TPO's extra and dynamic sampling's refills included
+            "samples_scored": self.state["samples_scored"],  # of which scored by the target reward
+            "time/rollout_s": rollout_s, "time/reward_s": self.sampler.timings["reward"],
+            "time/learner_step_s": t3 - t2, "time/sync_s": t4 - t3, "time/step_s": t4 - t0,
+            "throughput/rollout_tokens_per_s": self.sampler.generated["tokens"] / max(rollout_s, 1e-9),
         })
-        self.state["samples"] += len(lengths)
-        self.state["tokens"] += tokens
         return metrics
 
     # --- checkpoints --------------------------------------------------------------------------

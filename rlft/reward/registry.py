@@ -109,8 +109,9 @@ def load_reward_fn(spec: str) -> RewardFn:
 
 
 def import_builtin_rewards() -> None:
-    """Register the built-in rewards (their heavy imports happen on first call)."""
+    """Register the built-in rewards (their heavy imports happen on first call) and the TPO example sources."""
     import rlft.reward.builtin  # noqa: F401
+    import rlft.reward.transfer_sources  # noqa: F401
 
 
 def _is_file(target: str) -> bool:
