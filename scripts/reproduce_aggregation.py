@@ -1,0 +1,199 @@
+"""Reproduce the aggregation comparison (grpo, grpo-token, grpo-ba) and the TPO transfer experiment.
+
+    python scripts/reproduce_aggregation.py                       # 3 presets x 3 seeds, default task and config
+    python scripts/reproduce_aggregation.py --seeds 0 --steps 20  # a quick check
+    python scripts/reproduce_aggregation.py --transfer            # TPO: helpful source, useless source, none
+    python scripts/reproduce_aggregation.py ray.torch_threads=1   # any config override, applied to every run
+
+Every run goes through the real trainer (`rlft.pipeline.driver.train`) and keeps its run folder under
+OUT/runs/; a run whose folder already holds summary.json is read back, not trained again, so an
+interrupted reproduction continues where it stopped. Held-out accuracy (greedy, `data.eval_size`
+problems) is reported as mean +- std over seeds: final, best, and the drop from best to final, in
+OUT/<experiment>.md, .json and .png (the curves).
+
+The transfer experiment compares, on one preset: TPO with a helpful source (`digit_credit`, digit-wise
+partial credit), with a useless one (`random_score`), and plain sampling. Its x-axes are samples
+scored by the target reward (what TPO saves) and samples generated (what it spends: G - r + N per
+prompt of a source arm instead of G).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from rlft.config import resolve_config  # noqa: E402
+from rlft.pipeline.driver import ray_session, train  # noqa: E402
+
+AGGREGATION_ARMS = {"grpo": [], "grpo-token": [], "grpo-ba": []}
+TRANSFER_ARMS = {
+    "tpo-helpful": ["transfer.sources=[digit_credit]"],
+    "tpo-useless": ["transfer.sources=[random_score]"],
+    "no-transfer": [],
+}
+
+
+def run_one(out: Path, arm: str, algo: str, seed: int, overrides: list[str]) -> Path:
+    """Train one (arm, seed) unless its run folder already has a summary; returns the run folder."""
+    run_dir = out / "runs" / f"{arm}-s{seed}"
+    if (run_dir / "summary.json").is_file():
+        print(f"[reuse] {run_dir}", flush=True)
+        return run_dir
+    if run_dir.exists():  # an interrupted run: start it again from scratch
+        import shutil
+
+        shutil.rmtree(run_dir)
+    cfg = resolve_config(algo, None, [
+        f"train.seed={seed}", f"train.output_dir={out / 'runs'}", f"train.run_name={arm}-s{seed}",
+        "train.progress=false", *overrides,
+    ])
+    ray_session(cfg)  # one Ray instance for every run of the script
+    print(f"[train] {arm} seed {seed}: {cfg.train.steps} steps", flush=True)
+    summary = train(cfg)
+    print(f"[done]  {arm} seed {seed}: final {summary['final_accuracy']:.3f} best {summary['best_accuracy']:.3f} "
+          f"({summary['train_seconds']:.0f} s)", flush=True)
+    return run_dir
+
+
+def read_curve(run_dir: Path) -> list[dict]:
+    """Held-out evaluations of a run: step, accuracy, and the samples generated / target-scored so far."""
+    samples = {0: (0, 0)}
+    curve = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "samples" in record:
+            samples[record["step"]] = (record["samples"], record.get("samples_scored", record["samples"]))
+        if "eval/accuracy" in record:
+            generated, scored = samples.get(record["step"], samples[max(samples)])
+            curve.append({"step": record["step"], "accuracy": record["eval/accuracy"],
+                          "samples": generated, "samples_scored": scored})
+    return curve
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(curves: dict[str, list[list[dict]]], target: float | None) -> dict:
+    """Per arm: final, best and drop (mean, std over seeds); with `target`, the samples to first reach it."""
+    table = {}
+    for arm, runs in curves.items():
+        finals = [run[-1]["accuracy"] for run in runs]
+        bests = [max(e["accuracy"] for e in run) for run in runs]
+        row = {
+            "seeds": len(runs),
+            "initial": mean_std([run[0]["accuracy"] for run in runs]),
+            "final": mean_std(finals),
+            "best": mean_std(bests),
+            "drop": mean_std([b - f for b, f in zip(bests, finals)]),
+            "samples": mean_std([run[-1]["samples"] for run in runs]),
+            "samples_scored": mean_std([run[-1]["samples_scored"] for run in runs]),
+        }
+        if target is not None:
+            reached = [next((e for e in run if e["accuracy"] >= target), None) for run in runs]
+            hits = [e for e in reached if e is not None]
+            row["reached"] = len(hits)
+            row["scored_to_target"] = mean_std([e["samples_scored"] for e in hits]) if hits else None
+            row["generated_to_target"] = mean_std([e["samples"] for e in hits]) if hits else None
+        table[arm] = row
+    return table
+
+
+def fmt(pair, digits: int = 3) -> str:
+    if pair is None:
+        return "not reached"
+    mean, std = pair
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if digits else f"{mean:,.0f} ± {std:,.0f}"
+
+
+def markdown(table: dict, target: float | None) -> str:
+    head = "| run | seeds | initial | final | best | drop from best | samples generated | samples scored |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for arm, row in table.items():
+        lines.append(
+            f"| {arm} | {row['seeds']} | {fmt(row['initial'])} | {fmt(row['final'])} | {fmt(row['best'])} | "
+            f"{fmt(row['drop'])} | {fmt(row['samples'], 0)} | {fmt(row['samples_scored'], 0)} |"
+        )
+    if target is not None:
+        lines += ["", f"Samples until held-out accuracy first reaches {target:.3f} (seeds that reached it):", "",
+                  "| run | reached | samples scored | samples generated |", "|---|---|---|---|"]
+        for arm, row in table.items():
+            lines.append(f"| {arm} | {row['reached']}/{row['seeds']} | {fmt(row['scored_to_target'], 0)} | "
+                         f"{fmt(row['generated_to_target'], 0)} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(curves: dict[str, list[list[dict]]], path: Path, x_keys: list[str], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels = {"step": "training step", "samples": "samples generated", "samples_scored": "samples scored by the target"}
+    fig, axes = plt.subplots(1, len(x_keys), figsize=(6 * len(x_keys), 4), squeeze=False)
+    for ax, key in zip(axes[0], x_keys):
+        for arm, runs in curves.items():
+            n = min(len(run) for run in runs)  # runs of one arm evaluate at the same steps
+            x = np.mean([[e[key] for e in run[:n]] for run in runs], axis=0)
+            y = np.array([[e["accuracy"] for e in run[:n]] for run in runs])
+            std = y.std(0, ddof=1) if len(runs) > 1 else np.zeros(n)  # the table's sample std
+            ax.plot(x, y.mean(0), label=f"{arm} (n={len(runs)})")
+            ax.fill_between(x, y.mean(0) - std, y.mean(0) + std, alpha=0.2)
+        ax.set_xlabel(labels[key])
+        ax.set_ylabel("held-out accuracy (greedy)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--transfer", action="store_true", help="run the TPO experiment instead of the aggregation one")
+    p.add_argument("--algos", nargs="+", default=list(AGGREGATION_ARMS), help="presets compared (aggregation)")
+    p.add_argument("--transfer-algo", default="grpo-ba", help="preset under the three transfer arms")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--steps", type=int, help="training steps per run (default: the config's train.steps)")
+    p.add_argument("--target-accuracy", type=float,
+                   help="transfer: accuracy whose samples-to-reach is reported (default: no-transfer's mean final)")
+    p.add_argument("--out", default="bench/aggregation", help="folder of run folders and reports")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
+    args = p.parse_args()
+
+    out = Path(args.out)
+    overrides = list(args.overrides) + ([f"train.steps={args.steps}"] if args.steps else [])
+    if args.transfer:
+        experiment, arms = "transfer", {arm: (args.transfer_algo, extra) for arm, extra in TRANSFER_ARMS.items()}
+    else:
+        experiment, arms = "aggregation", {algo: (algo, []) for algo in args.algos}
+    curves: dict[str, list[list[dict]]] = {}
+    for arm, (algo, extra) in arms.items():
+        for seed in args.seeds:
+            run_dir = run_one(out, arm, algo, seed, [*extra, *overrides])
+            curves.setdefault(arm, []).append(read_curve(run_dir))
+
+    target = None
+    if args.transfer:
+        target = args.target_accuracy or statistics.fmean(run[-1]["accuracy"] for run in curves["no-transfer"])
+    table = summarise(curves, target)
+    command = "python scripts/reproduce_aggregation.py " + " ".join(sys.argv[1:])
+    report = f"`{command.strip()}`\n\n" + markdown(table, target)
+    (out / f"{experiment}.md").write_text(report)
+    (out / f"{experiment}.json").write_text(json.dumps(
+        {"command": command.strip(), "overrides": overrides, "seeds": args.seeds, "target_accuracy": target,
+         "table": table, "curves": curves}, indent=1))
+    x_keys = ["samples_scored", "samples", "step"] if args.transfer else ["step"]
+    plot(curves, out / f"{experiment}.png", x_keys, f"{experiment}: held-out accuracy, mean ± std over seeds")
+    print("\n" + report)
+    print(f"wrote {out / experiment}.md, .json, .png")
+
+
+if __name__ == "__main__":
+    main()
