@@ -9,7 +9,8 @@ import torch
 
 from rlft.learner.logprobs import token_logprobs
 from rlft.learner.loss import micro_batch_loss
-from rlft.models.loading import load_causal_lm, load_model_weights, pick_device
+from rlft.lora import apply_lora, export_peft_adapter, lora_before_step, merged_state_dict, save_merged
+from rlft.models.loading import load_causal_lm, load_model_weights, pick_device, resolve_model_path
 from rlft.optim import build_optimizer
 from rlft.pipeline.batch import TrainBatch
 
@@ -22,8 +23,13 @@ class Learner:
         self.device = pick_device(cfg.learner.device)
         torch.manual_seed(cfg.train.seed)
         self.model = load_causal_lm(cfg.model, self.device)
+        self.lora = cfg.lora.kind != "none"
+        if self.lora:
+            apply_lora(self.model, cfg.lora)
         if cfg.learner.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
+            if self.lora:  # frozen embeddings: checkpointed blocks still need an input that wants grad
+                self.model.enable_input_require_grads()
         self.model.train()
         self.ref_model = None
         if cfg.algo.kl_coef > 0:
@@ -37,9 +43,11 @@ class Learner:
         self.optimizer_steps = 0
 
     def _logprobs(self, model, part: TrainBatch, with_entropy: bool = False):
+        fused = self.cfg.learner.logprobs == "fused"
         return token_logprobs(
             model, part.tokens, part.attention_mask, self.cfg.rollout.temperature or 1.0,
             with_entropy=with_entropy, entropy_grad=bool(self.cfg.algo.entropy_coef),
+            fused_chunk=self.cfg.learner.vocab_chunk if fused else 0, targets_mask=part.response_mask,
         )
 
     @torch.no_grad()
@@ -73,6 +81,8 @@ class Learner:
             stats = self.accumulate_gradients(
                 batch.select(rows), old[rows] if old is not None else None, ref[rows] if ref is not None else None
             )
+            if self.lora:  # PoLAR's landing field, RefLoRA's preconditioning: on the summed gradient
+                lora_before_step(self.model, self.optimizer, self.optimizer_steps)
             stats["grad_norm"] = self._clip_gradients()
             self.optimizer.step()
             self.scheduler.step()
@@ -117,12 +127,26 @@ class Learner:
         return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.params if p.grad is not None])))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Policy weights on CPU under the base model's names: what the rollout engines load."""
-        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        """Policy weights on CPU under the base model's names (adapters merged): what rollout engines load."""
+        state = merged_state_dict(self.model) if self.lora else self.model.state_dict()
+        return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
     def save(self, path: str) -> None:
-        """HF-format weights (safetensors) plus optimizer state into folder `path` (already created)."""
-        self.model.save_pretrained(path, safe_serialization=True)
+        """HF-format weights (safetensors, adapters merged) plus optimizer state into folder `path`.
+
+        With adapters, the folder also holds `adapter_state.pt` (what resuming needs) and, for
+        plain LoRA, a PEFT adapter in `adapter/`.
+        """
+        if self.lora:
+            save_merged(self.model, None, path)
+            trainable = {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad}
+            torch.save(trainable, Path(path) / "adapter_state.pt")
+            if self.cfg.lora.kind == "lora":
+                export_peft_adapter(
+                    self.model, Path(path) / "adapter", base_model_name_or_path=resolve_model_path(self.cfg.model.path)
+                )
+        else:
+            self.model.save_pretrained(path, safe_serialization=True)
         torch.save(
             {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
              "optimizer_steps": self.optimizer_steps},
@@ -130,8 +154,15 @@ class Learner:
         )
 
     def load(self, path: str) -> None:
-        """Weights and optimizer state from a folder written by `save`."""
-        load_model_weights(self.model, path)
+        """Weights (or adapters) and optimizer state from a folder written by `save`."""
+        if self.lora:
+            trainable = torch.load(Path(path) / "adapter_state.pt", map_location=self.device)
+            params = dict(self.model.named_parameters())
+            with torch.no_grad():
+                for name, value in trainable.items():
+                    params[name].copy_(value)
+        else:
+            load_model_weights(self.model, path)
         state = torch.load(Path(path) / "optimizer.pt", map_location=self.device, weights_only=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+from rlft.learner.fused_logprob import fused_token_logprobs
 
 
 def token_logprobs(
@@ -12,22 +15,46 @@ def token_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
     entropy_grad: bool = False,
+    fused_chunk: int = 0,
+    targets_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log pi(tokens[:, t] | tokens[:, :t]) as [N, L] float32 aligned with `tokens` (column 0 is 0).
 
     Logits are divided by the sampling temperature so the values match the engine's sampling
     log-probs. Entropy [N, L] of the same distributions when `with_entropy` (else None), carrying
     gradient only when `entropy_grad` (an entropy bonus); as a metric it costs no autograd memory.
+
+    `fused_chunk > 0` computes them from the last hidden states and the LM head in vocabulary chunks
+    of that many tokens, never holding the [N, L, vocab] logits, and only where `targets_mask`
+    [N, L] is set (the response tokens); other positions are 0.
     """
+    if fused_chunk > 0:
+        return _fused(model, tokens, attention_mask, temperature, with_entropy, entropy_grad, fused_chunk, targets_mask)
     logits = model(input_ids=tokens, attention_mask=attention_mask, use_cache=False).logits[:, :-1].float()
     if temperature not in (0.0, 1.0):
         logits = logits / temperature
     log_z = torch.logsumexp(logits, dim=-1)
     target = logits.gather(-1, tokens[:, 1:, None]).squeeze(-1)
-    logprobs = torch.nn.functional.pad(target - log_z, (1, 0))
+    logprobs = F.pad(target - log_z, (1, 0))
     entropy = None
     if with_entropy:
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             probs = torch.softmax(logits, dim=-1)
-            entropy = torch.nn.functional.pad(log_z - (probs * logits).sum(-1), (1, 0))
+            entropy = F.pad(log_z - (probs * logits).sum(-1), (1, 0))
     return logprobs, entropy
+
+
+def _fused(model, tokens, attention_mask, temperature, with_entropy, entropy_grad, chunk, targets_mask):
+    hidden = model.get_decoder()(input_ids=tokens, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    where = (targets_mask[:, 1:] > 0) if targets_mask is not None else torch.ones_like(tokens[:, 1:], dtype=torch.bool)
+    head = model.get_output_embeddings().weight
+    logprobs, entropy = fused_token_logprobs(
+        hidden[:, :-1][where], head, tokens[:, 1:][where], temperature, chunk, with_entropy
+    )
+    out = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
+    out[:, 1:][where] = logprobs  # scatter back to [N, L]; autograd flows through the index_put
+    ent_out = None
+    if entropy is not None:
+        ent_out = torch.zeros_like(out)
+        ent_out[:, 1:][where] = entropy if entropy_grad else entropy.detach()
+    return out, ent_out
