@@ -1,95 +1,328 @@
-"""The built-in engine: batched sampling over a transformers causal LM with its KV cache, CPU or GPU."""
+"""The built-in engine: continuous batching over any transformers causal LM, on CPU or CUDA.
+
+Each call runs a loop of decode steps over a fixed number of slots (`max_slots` sequences at once).
+A group's prompt is prefilled once and its KV blocks are shared by all of its samples; every sample
+then decodes in a slot, and a freed slot is refilled at once by the scheduler (rlft.rollout.scheduler:
+full-group, micro-group or Infinite-Sampling). Groups are yielded the moment their last sample ends.
+Randomness is per sample (rlft.rollout.sampling), so the completions for a seed do not depend on the
+scheduling mode or the number of slots.
+"""
 
 from __future__ import annotations
 
-from typing import Iterator
+import inspect
+from typing import Callable, Iterator
 
 import torch
-from transformers import DynamicCache
 
-from rlft.rollout.sampling import sample_tokens
+from rlft.errors import UserError
+from rlft.rollout.kv_cache import SCRATCH_BLOCK, PagedKVCache
+from rlft.rollout.length_predictor import GroupLengths, LengthPredictor
+from rlft.rollout.sampling import sample_key, sample_tokens, uniforms
+from rlft.rollout.scheduler import SlotScheduler
 from rlft.rollout.types import Completion, SamplingParams
+
+# (prompts, generated so far, logits [rows, vocab]) -> logits: a hook for constrained decoding and benchmarks
+LogitsProcessor = Callable[[list[list[int]], list[list[int]], torch.Tensor], torch.Tensor]
+
+
+class _Group:
+    __slots__ = ("index", "prompt", "samples", "blocks", "first_logits", "unstarted", "unfinished", "lengths")
+
+    def __init__(self, index: int, prompt: list[int], n: int, seed: int, offset: int):
+        if not prompt:
+            raise UserError(f"prompt {index} is empty; every prompt needs at least one token")
+        self.index, self.prompt = index, prompt
+        self.samples = [_Sample(self, j, sample_key(seed, offset + index, j)) for j in range(n)]
+        self.blocks: list[int] = []
+        self.first_logits: torch.Tensor | None = None  # next-token logits after the prompt [vocab]
+        self.unstarted = self.unfinished = n
+        self.lengths: GroupLengths | None = None  # what the length predictor knows of this group
+
+
+class _Sample:
+    __slots__ = ("group", "index", "key", "tokens", "logprobs", "blocks", "finish", "probe", "features", "predicted")
+
+    def __init__(self, group: _Group, index: int, key: int):
+        self.group, self.index, self.key = group, index, key
+        self.tokens: list[int] = []
+        self.logprobs: list[float] = []
+        self.blocks: list[int] = []  # own KV blocks, after the group's prompt blocks
+        self.finish: str | None = None
+        self.probe = False
+        self.features: torch.Tensor | None = None  # first-token features for the length predictor
+        self.predicted: float | None = None  # the length (tokens) the scheduler last planned with
 
 
 class BuiltinEngine:
-    """Generates groups with left-padded static batches of at most `max_slots` sequences."""
+    """Generates groups with continuous batching over `max_slots` decode slots.
 
-    def __init__(self, model: torch.nn.Module, tokenizer, max_slots: int = 256):
+    sampling: 'full' (a group's G samples decode together), 'micro' (rounds of `micro_group_size`),
+    or 'infinite' (Infinite-Sampling: continuous refill with length-aware scheduling; probes of
+    `probe_tokens` tokens feed the length predictor). `prefill_tokens` caps the padded tokens of one
+    prefill forward. `stats` describes the last call (decode steps, peak KV bytes, predictions).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        max_slots: int = 256,
+        sampling: str = "infinite",
+        micro_group_size: int = 4,
+        probe_tokens: int = 16,
+        block_size: int = 16,
+        prefill_tokens: int = 8192,
+        logits_processor: LogitsProcessor | None = None,
+    ):
+        if sampling not in ("full", "micro", "infinite"):
+            raise UserError(f"rollout.sampling must be 'full', 'micro' or 'infinite', got {sampling!r}")
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.max_slots = max_slots
-        self.device = next(model.parameters()).device
+        self.max_slots, self.sampling, self.micro_group_size = max_slots, sampling, micro_group_size
+        self.probe_tokens, self.prefill_tokens = probe_tokens, prefill_tokens
+        self.logits_processor = logits_processor
+        param = next(model.parameters())
+        self.device = param.device
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+        config = model.config
+        self.attn = getattr(config, "_attn_implementation", None) or "eager"
+        if self.attn not in ("sdpa", "eager"):
+            raise UserError(
+                f"the built-in engine runs attention through explicit masks ('sdpa' or 'eager'); this model uses "
+                f"{self.attn!r}: set model.attn_implementation to 'sdpa'"
+            )
+        types = getattr(config, "layer_types", None) or []
+        self.sliding_window = getattr(config, "sliding_window", None) if "sliding_attention" in types else None
+        self.keep_last_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self.cache = PagedKVCache(self.device, param.dtype, block_size)
+        self.predictor = LengthPredictor()
+        self.stats: dict = {}
 
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state, strict=True)
 
     @torch.inference_mode()
     def generate_groups(self, prompts: list[list[int]], params: SamplingParams) -> Iterator[tuple[int, list[Completion]]]:
-        generator = torch.Generator(device=self.device).manual_seed(params.seed)
-        groups_per_batch = max(1, self.max_slots // params.n)
-        for start in range(0, len(prompts), groups_per_batch):
-            indices = list(range(start, min(start + groups_per_batch, len(prompts))))
-            rows = [prompts[i] for i in indices for _ in range(params.n)]
-            completions = self._generate_batch(rows, params, generator)
-            for k, index in enumerate(indices):
-                group = completions[k * params.n : (k + 1) * params.n]
-                for c in group:
-                    c.prompt_index = index
-                yield index, group
+        """Yield (prompt index, its n completions) as each group's last sample ends."""
+        groups = [_Group(i, list(p), params.n, params.seed, params.prompt_index_offset) for i, p in enumerate(prompts)]
+        # lengths matter only when samples outnumber the slots; probing pays when the probe is short next to the cap
+        length_aware = self.sampling == "infinite" and len(groups) * params.n > self.max_slots
+        probe = max(2, self.probe_tokens) if length_aware and params.max_new_tokens > 2 * self.probe_tokens else 0
+        predict = (lambda g, j: self._predict(groups[g].samples[j], params)) if length_aware else None
+        try:
+            sched = SlotScheduler(self.sampling, self.max_slots, len(groups), params.n, self.micro_group_size,
+                                  probe if self.probe_tokens else 0, predict)
+        except ValueError as e:
+            raise UserError(f"{e}; raise rollout.max_slots or pick rollout.sampling=infinite") from None
+        self.cache.reset_peak()
+        self.stats = {"decode_steps": 0, "decode_rows": 0, "prefill_forwards": 0, "prefill_tokens": 0,
+                      "generated_tokens": 0, "probe_tokens": sched.probe_tokens, "length_predictions": []}
+        running: list[_Sample] = []
+        step = 0
+        while not sched.done:
+            finished: list[_Sample] = []
+            changed = True
+            while changed:  # a sample may end on its first token, which frees its slot before the step
+                admitted = sched.admit()
+                if admitted:
+                    self._prefill([groups[g] for g in admitted])
+                started = []
+                for g, j, probe in sched.start(step):
+                    started.append(groups[g].samples[j])
+                    started[-1].probe = probe
+                changed = False
+                for sample in self._first_tokens([s for s in started if not s.tokens], params):
+                    if self._finish_if_done(sample, params):
+                        sched.finish(sample.group.index, sample.index, step)
+                        finished.append(sample)
+                        changed = True
+                running += [s for s in started if s.finish is None]
+            for group in self._complete(finished):
+                yield group.index, self._completions(group)
+            if not running:
+                continue
+            step += 1
+            still = []
+            for sample in self._decode(running, params):
+                if self._finish_if_done(sample, params):
+                    sched.finish(sample.group.index, sample.index, step)
+                    finished.append(sample)
+                elif sample.probe and len(sample.tokens) >= sched.probe_tokens:
+                    sched.park(sample.group.index, sample.index, step)
+                else:
+                    still.append(sample)
+            running = still
+            for group in self._complete(finished):
+                yield group.index, self._completions(group)
+        self.stats["peak_kv_bytes"] = self.cache.peak_blocks * self.cache.block_bytes()
+        self.stats["kv_block_bytes"] = self.cache.block_bytes()
 
-    def _generate_batch(self, rows: list[list[int]], params: SamplingParams, generator) -> list[Completion]:
-        n, width = len(rows), max(len(r) for r in rows)
-        input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((n, width), dtype=torch.long)
-        for i, row in enumerate(rows):  # left padding keeps every row's last prompt token in the last column
-            input_ids[i, width - len(row) :] = torch.tensor(row)
-            attention_mask[i, width - len(row) :] = 1
-        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
-        out_tokens: list[list[int]] = [[] for _ in range(n)]
-        out_logprobs: list[list[float]] = [[] for _ in range(n)]
-        finish = ["length"] * n
-        done = torch.zeros(n, dtype=torch.bool, device=self.device)
-        eos = torch.tensor(self.eos_ids, device=self.device)
-        step_ids, step_pos = input_ids, position_ids
-        for _ in range(params.max_new_tokens):
-            logits = self.model(
-                input_ids=step_ids, attention_mask=attention_mask, position_ids=step_pos,
-                past_key_values=cache, use_cache=True,
-            ).logits[:, -1]
-            tokens, logprobs = sample_tokens(logits, params.temperature, params.top_p, generator)
-            tokens = torch.where(done, torch.full_like(tokens, self.pad_id), tokens)
-            tok_list, lp_list, done_list = tokens.tolist(), logprobs.tolist(), done.tolist()
-            for i in range(n):
-                if not done_list[i]:
-                    out_tokens[i].append(tok_list[i])
-                    out_logprobs[i].append(lp_list[i])
-            newly_done = torch.isin(tokens, eos) & ~done
-            if params.stop:
-                for i in range(n):
-                    if not done_list[i] and self._hit_stop(out_tokens[i], params.stop):
-                        newly_done[i] = True
-            for i in newly_done.nonzero().flatten().tolist():
-                finish[i] = "stop"
-            done |= newly_done
-            if bool(done.all()):
-                break
-            step_ids = tokens[:, None]
-            step_pos = step_pos[:, -1:] + 1
-            attention_mask = torch.cat([attention_mask, torch.ones((n, 1), dtype=attention_mask.dtype, device=self.device)], 1)
+    # --- forwards -------------------------------------------------------------------------------
+
+    def _prefill(self, groups: list[_Group]) -> None:
+        """Prompt KV into each group's blocks and the next-token logits, batched up to `prefill_tokens`."""
+        groups = sorted(groups, key=lambda g: len(g.prompt))
+        chunk: list[_Group] = []
+        for group in groups + [None]:
+            if group is not None and (not chunk or (len(chunk) + 1) * len(group.prompt) <= self.prefill_tokens):
+                chunk.append(group)
+                continue
+            self._prefill_chunk(chunk)
+            chunk = [group]
+
+    def _prefill_chunk(self, groups: list[_Group]) -> None:
+        bs, width = self.cache.block_size, max(len(g.prompt) for g in groups)
+        ids, slots, pads = [], [], []
+        for group in groups:
+            n = len(group.prompt)
+            group.blocks = [self.cache.allocate() for _ in range(-(-n // bs))]
+            pad = width - n
+            pads.append(pad)
+            ids.append([self.pad_id] * pad + group.prompt)
+            slots += [SCRATCH_BLOCK * bs + c % bs for c in range(pad)]
+            slots += [group.blocks[i // bs] * bs + i % bs for i in range(n)]
+        dev = self.device
+        col = torch.arange(width, device=dev)
+        pad = torch.tensor(pads, device=dev)[:, None]
+        positions = (col[None] - pad).clamp(min=0)
+        # causal over the real tokens; a padding query sees itself only (no all-masked softmax row)
+        mask = (col[None, None, :] <= col[None, :, None]) & (col[None, None, :] >= pad[:, :, None])
+        mask |= torch.eye(width, dtype=torch.bool, device=dev)[None]
+        key_pos = positions[:, None, :]
+        query_pos = positions[:, :, None]
+        self.cache.write_slots = torch.tensor(slots, device=dev)
+        self.cache.read_blocks = None
+        logits = self._forward(torch.tensor(ids, device=dev), positions, mask[:, None], query_pos[:, None], key_pos[:, None])
+        for group, row in zip(groups, logits[:, -1].float()):
+            group.first_logits = row
+        self.stats["prefill_forwards"] += 1
+        self.stats["prefill_tokens"] += sum(len(g.prompt) for g in groups)
+
+    def _decode(self, rows: list[_Sample], params: SamplingParams) -> list[_Sample]:
+        """One decode step: feed every row's last token, sample its next one."""
+        bs = self.cache.block_size
+        ids, positions, slots, tables, prefix_len, prefix_span, own = [], [], [], [], [], [], []
+        for s in rows:
+            n, p = len(s.tokens), len(s.group.prompt)
+            if (n - 1) % bs == 0:
+                s.blocks.append(self.cache.allocate())
+            ids.append(s.tokens[-1])
+            positions.append(p + n - 1)
+            slots.append(s.blocks[(n - 1) // bs] * bs + (n - 1) % bs)
+            tables.append(s.group.blocks + s.blocks)
+            prefix_len.append(p)
+            prefix_span.append(len(s.group.blocks) * bs)
+            own.append(n)
+        width = max(map(len, tables))
+        dev = self.device
+        table = torch.tensor([t + [SCRATCH_BLOCK] * (width - len(t)) for t in tables], device=dev)
+        pos = torch.tensor(positions, device=dev)[:, None]
+        p_len, span, n_own = (torch.tensor(v, device=dev)[:, None] for v in (prefix_len, prefix_span, own))
+        col = torch.arange(width * bs, device=dev)[None]
+        in_prefix = col < span
+        mask = torch.where(in_prefix, col < p_len, (col - span) < n_own)
+        key_pos = torch.where(in_prefix, col, p_len + col - span)
+        self.cache.write_slots = torch.tensor(slots, device=dev)
+        self.cache.read_blocks = table
+        logits = self._forward(torch.tensor(ids, device=dev)[:, None], pos, mask[:, None, None], pos[:, None, :, None],
+                               key_pos[:, None, None])
+        self.stats["decode_steps"] += 1
+        self.stats["decode_rows"] += len(rows)
+        self._sample(rows, logits[:, -1], params)
+        return rows
+
+    def _forward(self, ids, positions, mask, query_pos, key_pos) -> torch.Tensor:
+        """Logits [rows, q or 1, vocab] under an explicit mask (a dict of masks for sliding-window models)."""
+        masks = self._model_mask(mask)
+        if self.sliding_window is not None:
+            masks = {"full_attention": masks,
+                     "sliding_attention": self._model_mask(mask & (query_pos - key_pos < self.sliding_window))}
+        extra = {"logits_to_keep": 1} if self.keep_last_logits else {}
+        return self.model(input_ids=ids, attention_mask=masks, position_ids=positions, past_key_values=self.cache,
+                          use_cache=True, **extra).logits
+
+    def _model_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        if self.attn == "sdpa":
+            return mask
+        dtype = self.cache.dtype  # eager attention adds the mask to the scores
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
+
+    # --- sampling and bookkeeping ---------------------------------------------------------------
+
+    def _first_tokens(self, samples: list[_Sample], params: SamplingParams) -> list[_Sample]:
+        """Each new sample's first token, drawn from its group's prefill logits."""
+        if samples:
+            self._sample(samples, torch.stack([s.group.first_logits for s in samples]), params)
+            for s in samples:
+                s.group.unstarted -= 1
+                if s.group.unstarted == 0:
+                    s.group.first_logits = None
+        return samples
+
+    def _sample(self, rows: list[_Sample], logits: torch.Tensor, params: SamplingParams) -> None:
+        if self.logits_processor is not None:
+            logits = self.logits_processor([s.group.prompt for s in rows], [s.tokens for s in rows], logits)
+        u = None
+        if params.temperature > 0:
+            keys = torch.tensor([s.key for s in rows], dtype=torch.int64)
+            steps = torch.tensor([len(s.tokens) for s in rows], dtype=torch.int64)
+            u = uniforms(keys, steps)
+        tokens, logprobs = sample_tokens(logits, params.temperature, params.top_p, u)
+        for s, t, lp in zip(rows, tokens.tolist(), logprobs.tolist()):
+            s.tokens.append(t)
+            s.logprobs.append(lp)
+
+    def _finish_if_done(self, s: _Sample, params: SamplingParams) -> bool:
+        if s.tokens[-1] in self.eos_ids or (params.stop and self._hit_stop(s.tokens, params.stop)):
+            s.finish = "stop"
+        elif len(s.tokens) >= params.max_new_tokens:
+            s.finish = "length"
+        else:
+            return False
+        self.cache.release(s.blocks)
+        s.blocks = []
+        s.group.unfinished -= 1
+        self.stats["generated_tokens"] += len(s.tokens)
+        if s.group.lengths is not None:  # sibling information for the waiting samples; the error for the stats
+            self.predictor.finished(s.group.lengths, s.features, len(s.tokens))
+            if s.predicted is not None:
+                self.stats["length_predictions"].append((s.predicted, len(s.tokens)))
+        return True
+
+    def _predict(self, s: _Sample, params: SamplingParams) -> float:
+        """Predicted length of sample `s` from its prompt, its first tokens (if probed) and its finished siblings."""
+        group = s.group
+        if group.lengths is None:
+            group.lengths = GroupLengths(self.predictor.prompt_features(group.prompt))
+        if s.tokens and s.features is None:  # a probe that just parked (parked samples are re-predicted later)
+            s.features = self.predictor.sample_features(s.tokens, s.logprobs)
+            group.lengths.probed.append(s.features)
+        s.predicted = self.predictor.predict(group.lengths, s.features, params.max_new_tokens)
+        return s.predicted
+
+    def _complete(self, finished: list[_Sample]) -> list[_Group]:
+        done = []
+        for s in finished:
+            if s.group.unfinished == 0 and s.group.blocks is not None:
+                self.cache.release(s.group.blocks)
+                s.group.blocks = None
+                if s.group.lengths is not None:
+                    self.predictor.learn(s.group.lengths)
+                done.append(s.group)
+        finished.clear()
+        return done
+
+    def _completions(self, group: _Group) -> list[Completion]:
         return [
-            Completion(
-                prompt_index=-1, token_ids=out_tokens[i], logprobs=out_logprobs[i],
-                text=self.tokenizer.decode(out_tokens[i], skip_special_tokens=True), finish_reason=finish[i],
-            )
-            for i in range(n)
+            Completion(prompt_index=group.index, token_ids=s.tokens, logprobs=s.logprobs,
+                       text=self.tokenizer.decode(s.tokens, skip_special_tokens=True), finish_reason=s.finish)
+            for s in group.samples
         ]
 
     def _hit_stop(self, tokens: list[int], stop: list[str]) -> bool:
-        tail = self.tokenizer.decode(tokens[-8:], skip_special_tokens=True)
+        tail = self.tokenizer.decode(tokens[-max(8, max(map(len, stop)) + 2):], skip_special_tokens=True)
         return any(s in tail for s in stop)
 
 

@@ -1,18 +1,56 @@
-"""Token sampling shared by the engines: temperature, top-p, and the log-prob of the drawn token."""
+"""Token sampling shared by the engines: temperature, top-p, the drawn token's log-prob, and the
+counter-based randomness that makes every sample reproducible however the engine batches it.
+
+Sample j of prompt i draws its t-th token from one uniform number u(seed, i, j, t) by inverse-CDF
+sampling. Nothing depends on which other sequences share the decode step, so full-group, micro-group
+and Infinite-Sampling scheduling (and any number of slots) give the same completions for a seed.
+"""
 
 from __future__ import annotations
 
 import torch
 
+_MASK32 = 0xFFFFFFFF
+_GOLDEN = 0x9E3779B9
+
+
+def _mul32(x, c: int):
+    """(x * c) mod 2**32 for 32-bit x (ints or int64 tensors) without int64 overflow."""
+    hi, lo = c >> 16, c & 0xFFFF
+    return (x * lo + (((x * hi) & 0xFFFF) << 16)) & _MASK32
+
+
+def mix32(x):
+    """murmur3's finalizer: a bijective 32-bit mix of Python ints or int64 tensors holding 32-bit values."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = _mul32(x, 0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
+def sample_key(seed: int, prompt_index: int, sample_index: int) -> int:
+    """The 32-bit key of sample `sample_index` of prompt `prompt_index` under `seed` (also vLLM's per-request seed)."""
+    key = mix32((seed ^ (seed >> 32)) & _MASK32)
+    key = mix32(key ^ (prompt_index & _MASK32))
+    return mix32((key + _mul32(sample_index + 1, _GOLDEN)) & _MASK32)
+
+
+def uniforms(keys: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """u(key, t) in (0, 1) as float64 [rows] for int64 `keys` and token positions `steps` [rows]."""
+    bits = mix32(keys ^ mix32(_mul32(steps + 1, _GOLDEN)))
+    return (bits.double() + 0.5) / 2.0**32
+
 
 def sample_tokens(
-    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
+    logits: torch.Tensor, temperature: float, top_p: float, u: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw one token per row of `logits` [rows, vocab]; returns (tokens [rows], logprobs [rows] float32).
+    """Draw one token per row of `logits` [rows, vocab] with uniforms `u` [rows] (None when greedy).
 
-    The log-prob is that of the temperature-scaled distribution before top-p truncation, which is
-    what the learner recomputes from the same weights (so importance ratios start at 1). With
-    temperature 0 the draw is greedy and the log-prob is that of the unscaled distribution.
+    Returns (tokens [rows] long, logprobs [rows] float32). The log-prob is that of the
+    temperature-scaled distribution before top-p truncation, which is what the learner recomputes
+    from the same weights (so importance ratios start at 1). With temperature 0 the draw is greedy
+    and the log-prob is that of the unscaled distribution.
     """
     logits = logits.float()
     if temperature == 0.0:
@@ -20,11 +58,14 @@ def sample_tokens(
         return tokens, torch.log_softmax(logits, dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
     logprobs = torch.log_softmax(logits / temperature, dim=-1)
     probs = logprobs.exp()
+    order = None
     if top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        probs, order = probs.sort(dim=-1, descending=True)
         # keep the smallest prefix whose mass reaches top_p (the first token always stays)
-        drop = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p
-        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-    tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        probs = probs.masked_fill((probs.cumsum(dim=-1) - probs) >= top_p, 0.0)
+    cdf = probs.double().cumsum(dim=-1)
+    target = (u.to(cdf.device) * cdf[:, -1]).unsqueeze(-1)
+    # the first index whose cdf reaches the target always has positive probability (target > 0)
+    picked = torch.searchsorted(cdf, target).clamp_(max=cdf.shape[-1] - 1)
+    tokens = (order.gather(-1, picked) if order is not None else picked).squeeze(-1)
     return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)

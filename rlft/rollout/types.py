@@ -17,7 +17,8 @@ class SamplingParams:
     top_p: float = 1.0
     max_new_tokens: int = 16
     stop: list[str] = field(default_factory=list)  # a response ends after the first of these strings
-    seed: int = 0
+    seed: int = 0  # sample j of prompt i draws its randomness from (seed, prompt_index_offset + i, j)
+    prompt_index_offset: int = 0  # global index of prompts[0], so splitting prompts between workers changes nothing
 
 
 @dataclass

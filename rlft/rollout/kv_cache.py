@@ -1,0 +1,91 @@
+"""The built-in engine's KV cache: fixed-size blocks in one pool per layer, shared prompt prefixes.
+
+A sequence's keys and values live in a list of blocks: its group's prompt blocks (written once by
+the prefill and read by every sample of the group) followed by its own response blocks. The cache
+is a `transformers.Cache`, so any causal LM whose attention calls `past_key_values.update` runs on
+it unchanged: before each forward the engine says where the new tokens go (`write_slots`) and which
+blocks every row reads (`read_blocks`); `update` writes, gathers, and hands attention a dense
+[rows, kv_heads, tokens, head_dim] view that the explicit 4-D mask makes exact.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import Cache
+
+SCRATCH_BLOCK = 0  # padding reads it (always masked) and padded writes land in it
+
+
+class PagedKVCache(Cache):
+    """Pool per layer laid out [kv_heads, blocks, block_size, head_dim]: gathering a row's blocks along
+    dim 1 leaves each head's [tokens, head_dim] matrix contiguous, so SDPA runs at dense speed."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype, block_size: int = 16, initial_blocks: int = 64):
+        super().__init__(layers=[])
+        self.device, self.dtype, self.block_size = device, dtype, block_size
+        self.capacity = max(2, initial_blocks)
+        self.free_blocks = list(range(self.capacity - 1, SCRATCH_BLOCK, -1))  # pop() hands out low ids first
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.blocks_in_use = 0
+        self.peak_blocks = 0
+        self.write_slots: torch.Tensor | None = None  # [new tokens] long: block * block_size + offset
+        self.read_blocks: torch.Tensor | None = None  # [rows, blocks] long, or None: attend to the new tokens only
+
+    # --- blocks ---------------------------------------------------------------------------------
+
+    def allocate(self) -> int:
+        """One free block (the pool doubles when none is left)."""
+        if not self.free_blocks:
+            self._grow(2 * self.capacity)
+        self.blocks_in_use += 1
+        self.peak_blocks = max(self.peak_blocks, self.blocks_in_use)
+        return self.free_blocks.pop()
+
+    def release(self, blocks: list[int]) -> None:
+        self.free_blocks.extend(reversed(blocks))
+        self.blocks_in_use -= len(blocks)
+
+    def block_bytes(self) -> int:
+        """Bytes of one block over all layers, keys and values (0 before the first forward)."""
+        return sum(2 * k[:, 0].numel() * k.element_size() for k in self.keys)
+
+    def reset_peak(self) -> None:
+        self.peak_blocks = self.blocks_in_use
+
+    def _grow(self, capacity: int) -> None:
+        for pools in (self.keys, self.values):
+            for i, old in enumerate(pools):
+                new = old.new_zeros((old.shape[0], capacity, *old.shape[2:]))
+                new[:, : self.capacity] = old
+                pools[i] = new
+        self.free_blocks = list(range(capacity - 1, self.capacity - 1, -1)) + self.free_blocks
+        self.capacity = capacity
+
+    # --- the transformers Cache interface -------------------------------------------------------
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        """Write the new [rows, kv_heads, q, head_dim] states; return what the rows attend to."""
+        rows, heads, q, dim = key_states.shape
+        while len(self.keys) <= layer_idx:  # pools are shaped by the first forward (any head count / dim)
+            shape = (heads, self.capacity, self.block_size, dim)
+            self.keys.append(torch.zeros(shape, dtype=key_states.dtype, device=key_states.device))
+            self.values.append(torch.zeros(shape, dtype=value_states.dtype, device=value_states.device))
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        flat = (heads, self.capacity * self.block_size, dim)
+        keys.view(flat).index_copy_(1, self.write_slots, key_states.transpose(0, 1).reshape(heads, rows * q, dim))
+        values.view(flat).index_copy_(1, self.write_slots, value_states.transpose(0, 1).reshape(heads, rows * q, dim))
+        if self.read_blocks is None:
+            return key_states, value_states
+        n = self.read_blocks.shape[1] * self.block_size
+        index = self.read_blocks.view(-1)
+        return (
+            keys.index_select(1, index).view(heads, rows, n, dim).transpose(0, 1),
+            values.index_select(1, index).view(heads, rows, n, dim).transpose(0, 1),
+        )
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0  # positions are always passed explicitly
+
+    def __len__(self) -> int:
+        return len(self.keys)

@@ -1,0 +1,121 @@
+"""Response-length prediction for the Infinite-Sampling scheduler, learned online from finished samples.
+
+log(length) of sample j of prompt i is modelled as a prompt effect plus a sample effect:
+
+    log L_ij = mu_i + w . (x_ij - mean_j x_ij) + noise
+
+- x_ij: features of the sample's first k tokens (hashed token shares, mean log-prob, share of unsure
+  tokens); w is a ridge regression fitted on within-group deviations only, so it learns what the first
+  tokens say about a sample's length relative to its siblings, free of the (large) prompt effect.
+- mu_i: a ridge regression on prompt features (length, hashed token shares) gives the prior; the
+  finished siblings of the same batch pull it toward their own lengths (shrinkage with weight
+  `sibling_prior` for the prior).
+
+Both regressions decay slowly, so the model follows the policy as training changes its lengths.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+_HASH = 2654435761  # Knuth's multiplicative hash spreads token ids over the buckets
+
+
+class _Ridge:
+    """Online ridge regression with exponential forgetting."""
+
+    def __init__(self, dim: int, ridge: float, decay: float):
+        self.ridge, self.decay = ridge, decay
+        self.gram = torch.zeros(dim, dim, dtype=torch.float64)
+        self.moment = torch.zeros(dim, dtype=torch.float64)
+        self.weights = torch.zeros(dim, dtype=torch.float64)
+        self.count = 0.0
+        self._stale = False
+
+    def add(self, x: torch.Tensor, y: float) -> None:
+        self.gram.mul_(self.decay).add_(torch.outer(x, x))
+        self.moment.mul_(self.decay).add_(x * y)
+        self.count = self.count * self.decay + 1
+        self._stale = True
+
+    def __call__(self, x: torch.Tensor) -> float:
+        if self._stale:
+            eye = torch.eye(len(self.moment), dtype=torch.float64)
+            self.weights = torch.linalg.solve(self.gram + self.ridge * eye, self.moment)
+            self._stale = False
+        return float(x @ self.weights)
+
+
+class GroupLengths:
+    """What the predictor knows about one prompt's group: probed samples' features, finished samples."""
+
+    __slots__ = ("prompt_x", "probed", "finished")
+
+    def __init__(self, prompt_x: torch.Tensor):
+        self.prompt_x = prompt_x
+        self.probed: list[torch.Tensor] = []  # first-token features of the group's probed samples
+        self.finished: list[tuple[torch.Tensor | None, float]] = []  # (features or None, log length)
+
+    def mean_probed(self) -> torch.Tensor | None:
+        return torch.stack(self.probed).mean(0) if self.probed else None
+
+
+class LengthPredictor:
+    """Online predictor of response lengths (counted in tokens)."""
+
+    def __init__(self, buckets: int = 256, prompt_buckets: int = 32, ridge: float = 1.0, decay: float = 0.998,
+                 sibling_prior: float = 2.0):
+        self.buckets, self.prompt_buckets, self.sibling_prior = buckets, prompt_buckets, sibling_prior
+        # few prompt features: one observation per group, so this model sees B times fewer examples
+        self.prompt_model = _Ridge(2 + prompt_buckets, 4 * ridge, decay**8)
+        self.sample_model = _Ridge(2 + buckets, ridge, decay)
+
+    def prompt_features(self, prompt: list[int]) -> torch.Tensor:
+        """[2 + prompt_buckets] float64: bias, log prompt length, hashed token shares."""
+        x = [1.0, math.log1p(len(prompt)) / 4.0] + [0.0] * self.prompt_buckets
+        _bag(x, 2, prompt, self.prompt_buckets)
+        return torch.tensor(x, dtype=torch.float64)
+
+    def sample_features(self, tokens: list[int], logprobs: list[float]) -> torch.Tensor:
+        """[2 + buckets] float64 from a sample's first generated tokens and their log-probs."""
+        n = max(1, len(logprobs))
+        x = [sum(logprobs) / n / 4.0, sum(lp < -1.6 for lp in logprobs) / n] + [0.0] * self.buckets  # p < 0.2: unsure
+        _bag(x, 2, tokens, self.buckets)
+        return torch.tensor(x, dtype=torch.float64)
+
+    def predict(self, group: GroupLengths, x: torch.Tensor | None, max_tokens: int) -> float:
+        """Predicted length in tokens of a sample of `group` whose first-token features are `x` (None: unprobed)."""
+        deviation = self._deviation(group, x)
+        prior = self.prompt_model(group.prompt_x) if self.prompt_model.count else math.log(max_tokens) / 2
+        siblings = [y - self._deviation(group, fx) for fx, y in group.finished]
+        mu = (self.sibling_prior * prior + sum(siblings)) / (self.sibling_prior + len(siblings))
+        return min(float(max_tokens), math.exp(mu + deviation))
+
+    def _deviation(self, group: GroupLengths, x: torch.Tensor | None) -> float:
+        mean = group.mean_probed()
+        return self.sample_model(x - mean) if x is not None and mean is not None and self.sample_model.count else 0.0
+
+    def finished(self, group: GroupLengths, x: torch.Tensor | None, length: int) -> None:
+        """Record a finished sample of `group` (its sibling information for the samples still waiting)."""
+        group.finished.append((x, math.log(max(1, length))))
+
+    def learn(self, group: GroupLengths) -> None:
+        """Fit both regressions on a completed group."""
+        logs = [y for _, y in group.finished]
+        mean_y = sum(logs) / len(logs)
+        self.prompt_model.add(group.prompt_x, mean_y)
+        probed = [(fx, y) for fx, y in group.finished if fx is not None]
+        if len(probed) > 1:
+            mean_x = torch.stack([fx for fx, _ in probed]).mean(0)
+            mean_py = sum(y for _, y in probed) / len(probed)
+            for fx, y in probed:
+                self.sample_model.add(fx - mean_x, y - mean_py)
+
+
+def _bag(x: list[float], offset: int, tokens: list[int], buckets: int) -> None:
+    """Add the hashed token shares of `tokens` to x[offset:offset + buckets], scaled so a bucket averages
+    ~1 over a few tokens and the ridge penalty does not swamp it."""
+    for t in tokens:
+        x[offset + (t * _HASH) % buckets] += buckets / len(tokens) / 8.0
