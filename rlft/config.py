@@ -69,9 +69,17 @@ class RolloutConfig(Section):
     max_new_tokens: int = Field(8, ge=1, description="response length cap, counted in tokens")
     stop: list[str] = Field(default_factory=list, description="strings that end a response (kept in it)")
     sampling: Literal["full", "micro", "infinite"] = Field(
-        "full", description="full group at once, micro-groups of micro_group_size, or Infinite-Sampling"
+        "full",
+        description="decode-slot scheduling: 'full' (a group's G samples start together and hold their slots until "
+        "the group ends), 'micro' (rounds of micro_group_size), 'infinite' (Infinite-Sampling: a freed slot is "
+        "refilled at once, length-aware); the completions for a seed are the same in every mode",
     )
-    micro_group_size: int = Field(4, ge=1, description="g: concurrent samples per group in micro/infinite")
+    micro_group_size: int = Field(
+        4, ge=1, description="g: samples per round in 'micro'; set max_slots = g to bound KV memory as the paper does"
+    )
+    length_probe_tokens: int = Field(
+        16, ge=0, description="'infinite': tokens a sample decodes before its length is predicted (0: prompt only)"
+    )
     max_slots: int = Field(256, ge=1, description="decode slots (concurrent sequences) of the built-in engine")
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:i]' for the built-in engine")
     gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0, description="vLLM: fraction of GPU memory")

@@ -11,7 +11,7 @@ import torch
 from rlft.learner.learner import Learner
 from rlft.models.loading import load_causal_lm, load_tokenizer, pick_device
 from rlft.reward.scorer import RewardScorer
-from rlft.rollout.types import SamplingParams, generate
+from rlft.rollout.types import SamplingParams
 
 
 def _set_threads(cfg) -> None:
@@ -30,19 +30,22 @@ class RolloutWorker:
         self.cfg = cfg
         self.index = index
         self.tokenizer = load_tokenizer(cfg.model)
-        if cfg.rollout.engine == "vllm":
+        r = cfg.rollout
+        if r.engine == "vllm":
             from rlft.rollout.vllm_engine import VLLMEngine  # optional extra, imported only when chosen
 
-            self.engine = VLLMEngine(cfg)
+            self.engine = VLLMEngine(cfg.model, r)
         else:
             from rlft.rollout.builtin import BuiltinEngine
 
-            model = load_causal_lm(cfg.model, pick_device(cfg.rollout.device))
-            self.engine = BuiltinEngine(model, self.tokenizer, max_slots=cfg.rollout.max_slots)
+            model = load_causal_lm(cfg.model, pick_device(r.device))
+            self.engine = BuiltinEngine(model, self.tokenizer, max_slots=r.max_slots, sampling=r.sampling,
+                                        micro_group_size=r.micro_group_size, probe_tokens=r.length_probe_tokens)
 
-    def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[list[dict]]:
-        """Groups of completions (as plain dicts) for `prompt_ids`."""
-        return [[vars(c) for c in group] for group in generate(self.engine, prompt_ids, params)]
+    def stream(self, prompt_ids: list[list[int]], params: SamplingParams):
+        """A Ray streaming generator: (index in `prompt_ids`, group as dicts) the moment each group completes."""
+        for index, group in self.engine.generate_groups(prompt_ids, params):
+            yield index, [vars(c) for c in group]
 
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
         self.engine.load_weights(state)

@@ -25,6 +25,7 @@ from rlft.pipeline.actors import start_actors
 from rlft.pipeline.batch import assign_advantages, build_train_batch
 from rlft.pipeline.shaping import GroupSampler, kl_reward_penalty
 from rlft.reward import RewardFailureError, check_failure_rate
+from rlft.rollout.streaming import GroupStream, score_groups
 from rlft.rollout.types import SamplingParams
 
 log = logging.getLogger("rlft")
@@ -59,30 +60,18 @@ class Trainer:
 
     # --- the phases of a step -----------------------------------------------------------------
 
-    def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[list[dict]]:
-        """Groups for `prompt_ids`, the prompts dealt evenly to the rollout workers."""
-        parts = split_evenly(prompt_ids, len(self.rollout))
-        futures = [w.generate.remote(part, params) for w, part in zip(self.rollout, parts) if part]
-        return [group for result in ray.get(futures) for group in result]
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams, stream: bool = False):
+        """Groups for `prompt_ids` in prompt order, the prompts dealt evenly to the rollout workers; with
+        `stream`, a GroupStream that yields each group the moment it completes (hand it to `score`)."""
+        groups = GroupStream(self.rollout, split_evenly(prompt_ids, len(self.rollout)), params)
+        return groups if stream else groups.collect()
 
-    def score(self, rows: list[dict], groups: list[list[dict]]) -> tuple[torch.Tensor, dict]:
-        """Rewards [prompts, G] and the reward metrics, samples dealt evenly to the reward workers."""
-        flat = [(row["prompt"], c["text"], row) for row, group in zip(rows, groups) for c in group]
-        parts = split_evenly(flat, len(self.rewarders))
-        futures = [
-            w.score.remote([p for p, _, _ in part], [c for _, c, _ in part], [r for _, _, r in part])
-            for w, part in zip(self.rewarders, parts)
-            if part
-        ]
-        results = ray.get(futures)
-        rewards = [r for values, _ in results for r in values]
-        metrics: dict[str, float] = {}
-        for (_, part_metrics), part in zip(results, [p for p in parts if p]):
-            for k, v in part_metrics.items():  # counts add up; per-sample means are re-weighted by part size
-                counted = k.endswith(("failures", "timeouts", "worker_restarts")) or k == "reward/time_s"
-                metrics[k] = metrics.get(k, 0.0) + (v if counted else v * len(part) / len(flat))
-        g = len(groups[0])
-        return torch.tensor(rewards, dtype=torch.float32).view(len(groups), g), metrics
+    def score(self, rows: list[dict], groups: list[list[dict]] | GroupStream) -> tuple[torch.Tensor, dict]:
+        """Rewards [prompts, G] in prompt order and the reward metrics. A GroupStream is scored while it
+        decodes: each chunk of consecutive prompts goes to a reward worker once its groups are in."""
+        if isinstance(groups, GroupStream):
+            return score_groups(self.rewarders, rows, groups.groups, (index for index, _ in groups))
+        return score_groups(self.rewarders, rows, groups, range(len(groups)))
 
     def sync_weights(self) -> None:
         """Learner -> object store -> every rollout worker (one put, many gets)."""
@@ -96,8 +85,7 @@ class Trainer:
             n=1, temperature=r.eval_temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens, stop=r.stop,
             seed=self.cfg.train.seed,
         )
-        groups = self.generate(self.eval_prompt_ids, params)
-        rewards, _ = self.score(self.task.eval_rows, groups)
+        rewards, _ = self.score(self.task.eval_rows, self.generate(self.eval_prompt_ids, params, stream=True))
         threshold = self.cfg.train.eval_accuracy_threshold
         return {"eval/accuracy": float((rewards >= threshold).float().mean()), "eval/reward": float(rewards.mean())}
 
