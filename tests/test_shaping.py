@@ -54,7 +54,7 @@ def fake_rollout(informative: callable, g: int = 4):
     """generate/score functions: prompt i's group has unequal rewards when informative(i)."""
     calls = []
 
-    def generate(prompt_ids, params):
+    def generate(prompt_ids, params, stream=False):
         calls.append(len(prompt_ids))
         return [[completion(3, text=str(j)) for j in range(params.n)] for _ in prompt_ids]
 

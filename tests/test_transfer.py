@@ -69,7 +69,7 @@ def test_ties_count_no_outcome_and_the_choice_refreshes_every_k_prompts():
     assert first + arms.choose(3) == ["a"] * 4 + ["b"] * 2
 
 
-def fake_generate(prompt_ids, params):
+def fake_generate(prompt_ids, params, stream=False):
     # sample j of a prompt answers str(j % 10); the answer field is '7'
     return [[{"token_ids": [5, 6], "logprobs": [-1.0, -1.0], "text": str(j % 10), "finish_reason": "stop"}
              for j in range(params.n)] for _ in prompt_ids]

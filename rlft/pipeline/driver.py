@@ -124,6 +124,7 @@ class Trainer:
             "step": step,
             "samples": self.state["samples"],  # generated so far, TPO's extra and dynamic sampling's refills included
             "samples_scored": self.state["samples_scored"],  # of which scored by the target reward
+            # rollout_s includes the target reward streamed during decoding; reward_s is reward time outside it
             "time/rollout_s": rollout_s, "time/reward_s": self.sampler.timings["reward"],
             "time/learner_step_s": t3 - t2, "time/sync_s": t4 - t3, "time/step_s": t4 - t0,
             "throughput/rollout_tokens_per_s": self.sampler.generated["tokens"] / max(rollout_s, 1e-9),

@@ -110,7 +110,8 @@ def start_source_scorers(cfg) -> dict[str, Callable[[list, list, list], list[flo
 
 
 class GroupSampler:
-    """The step's scored groups from the task, through `generate(prompt_ids, params)` and `score(rows, groups)`.
+    """The step's scored groups from the task, through the Trainer's `generate(prompt_ids, params, stream)`
+    and `score(rows, groups or stream)`.
 
     `sources` (arm name -> scorer) defaults to reward actors for `transfer.sources`.
     """
@@ -159,13 +160,18 @@ class GroupSampler:
             n=r.group_size, temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,
             stop=r.stop, seed=seed,
         )
-        if self.arms is None:
-            completions, arms, transferred = self.generate(prompt_ids, params), None, None
-        else:
+        if self.arms is None:  # the target reward scores each chunk of groups while the rest still decodes
+            start = time.perf_counter()
+            stream = self._generate(prompt_ids, params, stream=True)
+            rewards, metrics = self._score(rows, stream)
+            self.timings["rollout"] += time.perf_counter() - start
+            completions, arms, transferred = getattr(stream, "groups", stream), None, None
+            self._count(completions)
+        else:  # groups are composed before the target reward can see them
             completions, arms, transferred = self._transfer_sample(rows, prompt_ids, params)
-        start = time.perf_counter()
-        rewards, metrics = self._score(rows, completions)
-        self.timings["reward"] += time.perf_counter() - start
+            start = time.perf_counter()
+            rewards, metrics = self._score(rows, completions)
+            self.timings["reward"] += time.perf_counter() - start
         self.generated["scored"] += rewards.numel()
         if arms is not None:
             for i, arm in enumerate(arms):
@@ -208,9 +214,12 @@ class GroupSampler:
         start = time.perf_counter()
         groups = self._generate(prompt_ids, params)
         self.timings["rollout"] += time.perf_counter() - start
+        self._count(groups)
+        return groups
+
+    def _count(self, groups: list[list[dict]]) -> None:
         self.generated["samples"] += sum(len(group) for group in groups)
         self.generated["tokens"] += sum(len(c["token_ids"]) for group in groups for c in group)
-        return groups
 
     def state_dict(self) -> dict:
         return {"arms": self.arms.state_dict()} if self.arms is not None else {}
