@@ -12,6 +12,7 @@ match, so the CLI can print one line and exit with code 2.
 from __future__ import annotations
 
 import copy
+import importlib.util
 from pathlib import Path
 from typing import Any, Literal
 
@@ -80,10 +81,21 @@ class RolloutConfig(Section):
     length_probe_tokens: int = Field(
         16, ge=0, description="'infinite': tokens a sample decodes before its length is predicted (0: prompt only)"
     )
-    max_slots: int = Field(256, ge=1, description="decode slots (concurrent sequences) of the built-in engine")
+    max_slots: int = Field(
+        256, ge=1, description="concurrent sequences: the built-in engine's decode slots, vLLM's max_num_seqs"
+    )
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:i]' for the built-in engine")
     gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0, description="vLLM: fraction of GPU memory")
     eval_temperature: float = Field(0.0, ge=0.0, description="held-out evaluation temperature (0: greedy)")
+
+    @field_validator("engine")
+    @classmethod
+    def _vllm_installed(cls, value: str) -> str:
+        # the package is checked here, on the driver; the GPU where the rollout worker starts
+        if value == "vllm" and importlib.util.find_spec("vllm") is None:
+            raise ValueError("needs the vllm package: pip install 'rlft[vllm]' on a machine with a CUDA GPU "
+                             "(or use rollout.engine=builtin)")
+        return value
 
 
 class RewardSpec(Section):
