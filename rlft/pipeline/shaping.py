@@ -182,7 +182,11 @@ class GroupSampler:
         return Groups(rows, prompt_ids, completions, shaped, keep), metrics
 
     def _transfer_sample(self, rows, prompt_ids, params):
-        """Per prompt an arm; null: G plain samples; a source: G - r plain + its top r of N extra samples."""
+        """Per prompt an arm; null: G plain samples; a source: G - r plain + its top r of N extra samples.
+
+        DESIGN draws G + N and keeps G - r random ones of the first G; i.i.d. samples make the first
+        G - r exactly such a subset, so only G - r + N are drawn (and counted as generated).
+        """
         t, g = self.cfg.transfer, params.n
         plain = g - t.num_transferred
         arms = self.arms.choose(len(rows))
