@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 import torch
 
 from rlft.errors import UserError
-from rlft.rollout.kv_cache import SCRATCH_BLOCK, PagedKVCache
+from rlft.rollout.kv_cache import PAGED_SDPA, SCRATCH_BLOCK, PagedKVCache
 from rlft.rollout.length_predictor import GroupLengths, LengthPredictor
 from rlft.rollout.sampling import sample_key, sample_tokens, uniforms
 from rlft.rollout.scheduler import SlotScheduler
@@ -60,7 +60,8 @@ class BuiltinEngine:
     sampling: 'full' (a group's G samples decode together), 'micro' (rounds of `micro_group_size`),
     or 'infinite' (Infinite-Sampling: continuous refill with length-aware scheduling; probes of
     `probe_tokens` tokens feed the length predictor). `prefill_tokens` caps the padded tokens of one
-    prefill forward. `stats` describes the last call (decode steps, peak KV bytes, predictions).
+    prefill forward (default: 2048 on CPU, 16384 on GPU). `stats` describes the last call (decode steps,
+    peak KV bytes, length predictions).
     """
 
     def __init__(
@@ -72,7 +73,7 @@ class BuiltinEngine:
         micro_group_size: int = 4,
         probe_tokens: int = 16,
         block_size: int = 16,
-        prefill_tokens: int = 8192,
+        prefill_tokens: int | None = None,
         logits_processor: LogitsProcessor | None = None,
     ):
         if sampling not in ("full", "micro", "infinite"):
@@ -80,10 +81,12 @@ class BuiltinEngine:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_slots, self.sampling, self.micro_group_size = max_slots, sampling, micro_group_size
-        self.probe_tokens, self.prefill_tokens = probe_tokens, prefill_tokens
+        self.probe_tokens = probe_tokens
         self.logits_processor = logits_processor
         param = next(model.parameters())
         self.device = param.device
+        # CPU caches favour small prefill batches (activations spill past ~2k tokens); GPUs want large ones
+        self.prefill_tokens = prefill_tokens or (2048 if self.device.type == "cpu" else 16384)
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
         config = model.config
@@ -107,13 +110,15 @@ class BuiltinEngine:
     def generate_groups(self, prompts: list[list[int]], params: SamplingParams) -> Iterator[tuple[int, list[Completion]]]:
         """Yield (prompt index, its n completions) as each group's last sample ends."""
         groups = [_Group(i, list(p), params.n, params.seed, params.prompt_index_offset) for i, p in enumerate(prompts)]
-        # lengths matter only when samples outnumber the slots; probing pays when the probe is short next to the cap
-        length_aware = self.sampling == "infinite" and len(groups) * params.n > self.max_slots
-        probe = max(2, self.probe_tokens) if length_aware and params.max_new_tokens > 2 * self.probe_tokens else 0
+        # lengths matter when samples outnumber the slots and responses may run long next to a probe (the tail a
+        # plan can save is at most a few max_new_tokens); below that, first-come refill is as good and costs nothing
+        length_aware = (self.sampling == "infinite" and len(groups) * params.n > self.max_slots
+                        and params.max_new_tokens > 2 * max(self.probe_tokens, 8))
+        probe = max(2, self.probe_tokens) if length_aware and self.probe_tokens else 0
         predict = (lambda g, j: self._predict(groups[g].samples[j], params)) if length_aware else None
         try:
-            sched = SlotScheduler(self.sampling, self.max_slots, len(groups), params.n, self.micro_group_size,
-                                  probe if self.probe_tokens else 0, predict)
+            sched = SlotScheduler(self.sampling, self.max_slots, len(groups), params.n, self.micro_group_size, probe,
+                                  predict)
         except ValueError as e:
             raise UserError(f"{e}; raise rollout.max_slots or pick rollout.sampling=infinite") from None
         self.cache.reset_peak()
@@ -240,8 +245,14 @@ class BuiltinEngine:
             masks = {"full_attention": masks,
                      "sliding_attention": self._model_mask(mask & (query_pos - key_pos < self.sliding_window))}
         extra = {"logits_to_keep": 1} if self.keep_last_logits else {}
-        return self.model(input_ids=ids, attention_mask=masks, position_ids=positions, past_key_values=self.cache,
-                          use_cache=True, **extra).logits
+        config = self.model.config
+        if self.attn == "sdpa":  # our SDPA reads the cache's gathers in place (the model may be shared: restore)
+            config._attn_implementation = PAGED_SDPA
+        try:
+            return self.model(input_ids=ids, attention_mask=masks, position_ids=positions, past_key_values=self.cache,
+                              use_cache=True, **extra).logits
+        finally:
+            config._attn_implementation = self.attn
 
     def _model_mask(self, mask: torch.Tensor) -> torch.Tensor:
         if self.attn == "sdpa":

@@ -11,9 +11,13 @@ blocks every row reads (`read_blocks`); `update` writes, gathers, and hands atte
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
 from transformers.cache_utils import Cache
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 SCRATCH_BLOCK = 0  # padding reads it (always masked) and padded writes land in it
+PAGED_SDPA = "rlft_paged_sdpa"  # the attention implementation the engine selects while it runs the model
 
 
 class PagedKVCache(Cache):
@@ -31,6 +35,8 @@ class PagedKVCache(Cache):
         self.peak_blocks = 0
         self.write_slots: torch.Tensor | None = None  # [new tokens] long: block * block_size + offset
         self.read_blocks: torch.Tensor | None = None  # [rows, blocks] long, or None: attend to the new tokens only
+        # gather targets reused by every layer and step: fresh multi-MB tensors each time cost page faults on CPU
+        self._gathered: list[torch.Tensor] = []
 
     # --- blocks ---------------------------------------------------------------------------------
 
@@ -77,15 +83,38 @@ class PagedKVCache(Cache):
         values.view(flat).index_copy_(1, self.write_slots, value_states.transpose(0, 1).reshape(heads, rows * q, dim))
         if self.read_blocks is None:
             return key_states, value_states
-        n = self.read_blocks.shape[1] * self.block_size
         index = self.read_blocks.view(-1)
-        return (
-            keys.index_select(1, index).view(heads, rows, n, dim).transpose(0, 1),
-            values.index_select(1, index).view(heads, rows, n, dim).transpose(0, 1),
-        )
+        shape = (heads, len(index), self.block_size, dim)
+        size = heads * len(index) * self.block_size * dim
+        if not self._gathered or self._gathered[0].numel() < size or self._gathered[0].dtype != keys.dtype:
+            self._gathered = [keys.new_empty(2 * size) for _ in range(2)]
+        out_k, out_v = (buffer[:size].view(shape) for buffer in self._gathered)
+        torch.index_select(keys, 1, index, out=out_k)
+        torch.index_select(values, 1, index, out=out_v)
+        n = self.read_blocks.shape[1] * self.block_size
+        # [rows, kv_heads, tokens, dim] views of head-major data: paged_sdpa reads them without a copy
+        return out_k.view(heads, rows, n, dim).transpose(0, 1), out_v.view(heads, rows, n, dim).transpose(0, 1)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return 0  # positions are always passed explicitly
 
     def __len__(self) -> int:
         return len(self.keys)
+
+
+def paged_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """SDPA for one-token decode steps over the cache's head-major gathers, batched as (kv head, row) so no
+    operand is copied; query heads sharing a KV head ride in the query-length dimension (grouped-query
+    attention). Anything else goes to transformers' own SDPA."""
+    rows, heads, q_len, dim = query.shape
+    kv_heads = key.shape[1]
+    if q_len != 1 or not key.transpose(0, 1).is_contiguous() or kwargs.get("softcap") is not None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    q = query.reshape(rows, kv_heads, heads // kv_heads, dim).transpose(0, 1)
+    mask = attention_mask.transpose(0, 1) if attention_mask is not None else None  # [1, rows, 1, tokens]
+    out = F.scaled_dot_product_attention(q, key.transpose(0, 1), value.transpose(0, 1), attn_mask=mask, scale=scaling)
+    return out.transpose(0, 1).reshape(rows, 1, heads, dim), None
+
+
+AttentionInterface.register(PAGED_SDPA, paged_sdpa)

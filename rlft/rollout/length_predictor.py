@@ -24,28 +24,39 @@ _HASH = 2654435761  # Knuth's multiplicative hash spreads token ids over the buc
 
 
 class _Ridge:
-    """Online ridge regression with exponential forgetting."""
+    """Online ridge regression with an unpenalised intercept and exponential forgetting."""
 
     def __init__(self, dim: int, ridge: float, decay: float):
         self.ridge, self.decay = ridge, decay
+        self.count = 0.0  # decayed number of observations
+        self.sum_x = torch.zeros(dim, dtype=torch.float64)
+        self.sum_y = 0.0
         self.gram = torch.zeros(dim, dim, dtype=torch.float64)
         self.moment = torch.zeros(dim, dtype=torch.float64)
         self.weights = torch.zeros(dim, dtype=torch.float64)
-        self.count = 0.0
         self._stale = False
 
     def add(self, x: torch.Tensor, y: float) -> None:
-        self.gram.mul_(self.decay).add_(torch.outer(x, x))
-        self.moment.mul_(self.decay).add_(x * y)
-        self.count = self.count * self.decay + 1
+        d = self.decay
+        self.count = self.count * d + 1
+        self.sum_x.mul_(d).add_(x)
+        self.sum_y = self.sum_y * d + y
+        self.gram.mul_(d).add_(torch.outer(x, x))
+        self.moment.mul_(d).add_(x * y)
         self._stale = True
 
     def __call__(self, x: torch.Tensor) -> float:
-        if self._stale:
-            eye = torch.eye(len(self.moment), dtype=torch.float64)
-            self.weights = torch.linalg.solve(self.gram + self.ridge * eye, self.moment)
+        """Prediction for `x` (0 before any observation)."""
+        if not self.count:
+            return 0.0
+        mean_x, mean_y = self.sum_x / self.count, self.sum_y / self.count
+        if self._stale:  # solve on centred statistics: the intercept is the mean, never shrunk
+            cov = self.gram - self.count * torch.outer(mean_x, mean_x)
+            cross = self.moment - self.count * mean_x * mean_y
+            eye = torch.eye(len(cross), dtype=torch.float64)
+            self.weights = torch.linalg.solve(cov + self.ridge * eye, cross)
             self._stale = False
-        return float(x @ self.weights)
+        return mean_y + float((x - mean_x) @ self.weights)
 
 
 class GroupLengths:
@@ -69,13 +80,13 @@ class LengthPredictor:
                  sibling_prior: float = 2.0):
         self.buckets, self.prompt_buckets, self.sibling_prior = buckets, prompt_buckets, sibling_prior
         # few prompt features: one observation per group, so this model sees B times fewer examples
-        self.prompt_model = _Ridge(2 + prompt_buckets, 4 * ridge, decay**8)
+        self.prompt_model = _Ridge(1 + prompt_buckets, 4 * ridge, decay**8)
         self.sample_model = _Ridge(2 + buckets, ridge, decay)
 
     def prompt_features(self, prompt: list[int]) -> torch.Tensor:
-        """[2 + prompt_buckets] float64: bias, log prompt length, hashed token shares."""
-        x = [1.0, math.log1p(len(prompt)) / 4.0] + [0.0] * self.prompt_buckets
-        _bag(x, 2, prompt, self.prompt_buckets)
+        """[1 + prompt_buckets] float64: log prompt length, hashed token shares."""
+        x = [math.log1p(len(prompt)) / 4.0] + [0.0] * self.prompt_buckets
+        _bag(x, 1, prompt, self.prompt_buckets)
         return torch.tensor(x, dtype=torch.float64)
 
     def sample_features(self, tokens: list[int], logprobs: list[float]) -> torch.Tensor:

@@ -164,8 +164,8 @@ class SlotScheduler:
 
 def simulate(scheduler: SlotScheduler, lengths: list[list[int]]) -> dict[str, float]:
     """Run `scheduler` on known response lengths [groups][samples] (tokens, >= 1); returns decode steps,
-    slot utilisation, the step at which each group completed, peak running samples and peak open groups
-    (prefilled, not yet complete: the prompt KV held).
+    slot utilisation, the step at which each group completed, peak running samples, peak open groups
+    (prefilled, not yet complete: the prompt KV held) and peak response tokens held (running and parked).
 
     Mirrors the engine: a sample's first token comes from its group's prefill; each decode step adds
     one token to every running sample."""
@@ -173,7 +173,7 @@ def simulate(scheduler: SlotScheduler, lengths: list[list[int]]) -> dict[str, fl
     probe_of: dict[Sample, bool] = {}
     left = [len(row) for row in lengths]
     completed_at = [0] * len(lengths)
-    step = busy = peak = opened = peak_open = 0
+    step = busy = peak = opened = peak_open = peak_kv = 0
     while not scheduler.done:
         changed = True
         while changed:  # samples that end on their first token free their slot before the step
@@ -195,6 +195,8 @@ def simulate(scheduler: SlotScheduler, lengths: list[list[int]]) -> dict[str, fl
         step += 1
         busy += len(live)
         peak = max(peak, len(live))
+        kv = sum(progress[s] for s in live) + sum(progress[s] for s in scheduler.parked if s in progress)
+        peak_kv = max(peak_kv, kv)
         for g, j in live:
             progress[(g, j)] += 1
             if progress[(g, j)] >= lengths[g][j]:
@@ -206,4 +208,5 @@ def simulate(scheduler: SlotScheduler, lengths: list[list[int]]) -> dict[str, fl
                 scheduler.park(g, j, step)
                 del probe_of[(g, j)]
     return {"decode_steps": step, "utilisation": busy / max(1, step * scheduler.slots),
-            "group_completed_at": completed_at, "peak_running": peak, "peak_open_groups": peak_open}
+            "group_completed_at": completed_at, "peak_running": peak, "peak_open_groups": peak_open,
+            "peak_kv_tokens": peak_kv}
