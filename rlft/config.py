@@ -57,7 +57,7 @@ class DataConfig(Section):
     system_prompt: str | None = Field(None, description="system message when chat_template is on")
     eval_size: int = Field(500, ge=1, description="held-out problems evaluated (counted in prompts)")
     max_prompt_tokens: int = Field(1024, ge=1, description="longer prompts are dropped from the data")
-    max_digits: int = Field(3, ge=1, le=9, description="arithmetic task: operands have 1..max_digits digits")
+    digits: int = Field(3, ge=1, le=9, description="arithmetic task: both operands have exactly this many digits")
 
 
 class RolloutConfig(Section):
@@ -70,7 +70,7 @@ class RolloutConfig(Section):
     max_new_tokens: int = Field(8, ge=1, description="response length cap, counted in tokens")
     stop: list[str] = Field(default_factory=list, description="strings that end a response (kept in it)")
     sampling: Literal["full", "micro", "infinite"] = Field(
-        "full",
+        "infinite",
         description="decode-slot scheduling: 'full' (a group's G samples start together and hold their slots until "
         "the group ends), 'micro' (rounds of micro_group_size), 'infinite' (Infinite-Sampling: a freed slot is "
         "refilled at once, length-aware); the completions for a seed are the same in every mode",

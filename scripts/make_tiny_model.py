@@ -68,11 +68,11 @@ def build_model(tokenizer, args) -> Qwen2ForCausalLM:
     return Qwen2ForCausalLM(config)
 
 
-def sft_batch(rng: random.Random, tokenizer, size: int, max_digits: int, held_out: set[str]):
+def sft_batch(rng: random.Random, tokenizer, size: int, digits: int, held_out: set[str]):
     """Token ids and labels (answer and EOS only) for `size` fresh training problems."""
     seqs, labels = [], []
     while len(seqs) < size:
-        row = make_problem(rng, max_digits)
+        row = make_problem(rng, digits)
         if row["prompt"] in held_out:
             continue
         prompt = tokenizer(row["prompt"])["input_ids"]
@@ -101,27 +101,29 @@ def main() -> None:
     p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "rlft" / "models" / "tiny"))
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--max-digits", type=int, default=3)
+    p.add_argument("--digits", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--max-steps", type=int, default=3000)
     p.add_argument("--target-accuracy", type=float, default=0.35, help="stop the warm-up at this held-out accuracy")
-    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--eval-every", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda; the shipped model's command is in its warmup.json")
     args = p.parse_args()
 
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     tokenizer = build_tokenizer()
-    model = build_model(tokenizer, args)
+    model = build_model(tokenizer, args).to(args.device)
     print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M")
-    eval_rows = held_out_problems(500, args.max_digits)
+    eval_rows = held_out_problems(500, args.digits)
     held_out = {r["prompt"] for r in eval_rows}
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     model.train()
-    start, accuracy = time.time(), 0.0
+    start, accuracy, curve = time.time(), 0.0, []
     for step in range(1, args.max_steps + 1):
-        ids, labels = sft_batch(rng, tokenizer, args.batch_size, args.max_digits, held_out)
+        ids, labels = sft_batch(rng, tokenizer, args.batch_size, args.digits, held_out)
+        ids, labels = ids.to(args.device), labels.to(args.device)
         loss = model(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long(), labels=labels).loss
         opt.zero_grad()
         loss.backward()
@@ -129,19 +131,21 @@ def main() -> None:
         opt.step()
         if step % args.eval_every == 0:
             accuracy = greedy_accuracy(model, tokenizer, eval_rows)
+            curve.append((step, accuracy))
             print(f"step {step:5d}  loss {loss.item():.4f}  held-out greedy accuracy {accuracy:.3f}  ({time.time() - start:.0f}s)")
             if accuracy >= args.target_accuracy:
                 break
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model.eval()
+    model = model.to("cpu").eval()
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
     )
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    (out / "warmup.json").write_text(json.dumps({"steps": step, "held_out_greedy_accuracy": accuracy, **vars(args)}, indent=2))
+    record = {"command": " ".join(sys.argv), "steps": step, "held_out_greedy_accuracy": accuracy, "curve": curve, **vars(args)}
+    (out / "warmup.json").write_text(json.dumps(record, indent=2))
     print(f"saved to {out}: {step} SFT steps, held-out greedy accuracy {accuracy:.3f}")
 
 

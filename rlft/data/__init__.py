@@ -11,5 +11,5 @@ def build_task(data_cfg, tokenizer, seed: int):
     if data_cfg.source == "arithmetic":
         plain = not data_cfg.chat_template and data_cfg.prompt_template == "{prompt}"
         formatter = None if plain else PromptFormatter(data_cfg, tokenizer)
-        return ArithmeticTask(data_cfg.max_digits, data_cfg.eval_size, seed, format_prompt=formatter)
+        return ArithmeticTask(data_cfg.digits, data_cfg.eval_size, seed, format_prompt=formatter)
     return FileTask(data_cfg, tokenizer, seed)

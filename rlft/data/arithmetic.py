@@ -1,5 +1,8 @@
 """The embedded default task: seeded addition problems `a+b=` with exact integer answers.
 
+Both operands have exactly `digits` digits (3 by default: 100+100 .. 999+999), the classic
+"3-digit addition" of small-transformer studies.
+
 The train stream is a pure function of (seed, step), so a resumed run sees the same prompts as
 an uninterrupted one; the held-out set is fixed (independent of the run's seed) and never
 appears in the train stream.
@@ -13,19 +16,19 @@ from typing import Callable
 HELD_OUT_SEED = 20260521
 
 
-def make_problem(rng: random.Random, max_digits: int) -> dict:
+def make_problem(rng: random.Random, digits: int) -> dict:
     """One problem row: {'prompt': '123+456=', 'answer': '579'}."""
-    hi = 10**max_digits - 1
-    a, b = rng.randint(0, hi), rng.randint(0, hi)
+    lo, hi = 10 ** (digits - 1) if digits > 1 else 0, 10**digits - 1
+    a, b = rng.randint(lo, hi), rng.randint(lo, hi)
     return {"prompt": f"{a}+{b}=", "answer": str(a + b)}
 
 
-def held_out_problems(count: int, max_digits: int) -> list[dict]:
+def held_out_problems(count: int, digits: int) -> list[dict]:
     """The fixed held-out set: `count` distinct problems."""
-    rng = random.Random(HELD_OUT_SEED + max_digits)
+    rng = random.Random(HELD_OUT_SEED + digits)
     seen: dict[str, dict] = {}
     while len(seen) < count:
-        row = make_problem(rng, max_digits)
+        row = make_problem(rng, digits)
         seen.setdefault(row["prompt"], row)
     return list(seen.values())
 
@@ -34,12 +37,12 @@ class ArithmeticTask:
     """Train batches by step and the held-out set for the addition task."""
 
     def __init__(
-        self, max_digits: int = 3, eval_size: int = 500, seed: int = 0, format_prompt: Callable[[dict], str] | None = None
+        self, digits: int = 3, eval_size: int = 500, seed: int = 0, format_prompt: Callable[[dict], str] | None = None
     ):
-        self.max_digits = max_digits
+        self.digits = digits
         self.seed = seed
         self.format_prompt = format_prompt
-        raw_eval = held_out_problems(eval_size, max_digits)
+        raw_eval = held_out_problems(eval_size, digits)
         self._held_out = {row["prompt"] for row in raw_eval}
         self.eval_rows = [self._formatted(row) for row in raw_eval]
 
@@ -51,7 +54,7 @@ class ArithmeticTask:
         rng = random.Random(f"arithmetic-{self.seed}-{step}")
         rows = []
         while len(rows) < size:
-            row = make_problem(rng, self.max_digits)
+            row = make_problem(rng, self.digits)
             if row["prompt"] not in self._held_out:
                 rows.append(self._formatted(row))
         return rows

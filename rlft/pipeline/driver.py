@@ -256,6 +256,9 @@ def ray_session(cfg: RLConfig) -> bool:
     if cfg.ray.address:
         ray.init(address=cfg.ray.address, **kwargs)
         return False
+    # Ray starts workers at niceness 15; our actors do the run's real work while the driver waits,
+    # so at that priority any other process on the machine (a build, a test) would starve them.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, **kwargs)
     return True
 

@@ -1,0 +1,73 @@
+"""Prompt data: the embedded arithmetic task and local files, deterministic by step."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rlft.config import DataConfig
+from rlft.data import build_task
+from rlft.data.arithmetic import ArithmeticTask
+from rlft.errors import UserError
+
+
+def test_arithmetic_answers_are_exact_sums():
+    for row in ArithmeticTask(3, 50).train_batch(1, 100):
+        a, b = row["prompt"].rstrip("=").split("+")
+        assert int(row["answer"]) == int(a) + int(b)
+
+
+def test_arithmetic_train_stream_is_a_function_of_seed_and_step():
+    t1, t2 = ArithmeticTask(3, 50, seed=7), ArithmeticTask(3, 50, seed=7)
+    assert t1.train_batch(5, 16) == t2.train_batch(5, 16)
+    assert t1.train_batch(5, 16) != t1.train_batch(6, 16)
+    assert ArithmeticTask(3, 50, seed=8).train_batch(5, 16) != t1.train_batch(5, 16)
+
+
+def test_held_out_set_is_fixed_and_never_trained_on():
+    task = ArithmeticTask(2, 200, seed=0)
+    assert task.eval_rows == ArithmeticTask(2, 200, seed=3).eval_rows
+    held = {r["prompt"] for r in task.eval_rows}
+    assert len(held) == 200
+    for step in range(1, 50):
+        assert not held & {r["prompt"] for r in task.train_batch(step, 64)}
+
+
+def test_jsonl_file_with_custom_fields_and_template(tmp_path, tokenizer):
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps({"question": f"{i}+1", "solution": str(i + 1)}) + "\n" for i in range(50)))
+    cfg = DataConfig(source=str(path), prompt_field="question", answer_field="solution", prompt_template="Q: {prompt} A:",
+                     eval_size=5)
+    task = build_task(cfg, tokenizer, seed=0)
+    assert len(task.eval_rows) == 5 and len(task.train_rows) == 45
+    row = task.train_batch(1, 1)[0]
+    assert row["prompt"].startswith("Q: ") and row["prompt"].endswith(" A:")
+    assert int(row["answer"]) == int(row["question"].split("+")[0]) + 1
+    # one epoch of steps visits every training row once
+    seen = [r["question"] for step in range(1, 10) for r in task.train_batch(step, 5)]
+    assert sorted(seen) == sorted(r["question"] for r in task.train_rows)
+
+
+def test_chat_template_wraps_the_prompt(tokenizer):
+    cfg = DataConfig(chat_template=True, system_prompt="Add.")
+    row = build_task(cfg, tokenizer, seed=0).train_batch(1, 1)[0]
+    assert row["prompt"].startswith("Add.\n") and row["prompt"].endswith("=")
+
+
+def test_missing_prompt_field_names_the_fields(tmp_path, tokenizer):
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"question": "1+1", "answer": "2"}) + "\n")
+    with pytest.raises(UserError, match="prompt_field 'prompt'.*question"):
+        build_task(DataConfig(source=str(path)), tokenizer, seed=0)
+
+
+def test_missing_data_file_is_a_user_error(tmp_path, tokenizer):
+    with pytest.raises(UserError, match="does not exist"):
+        build_task(DataConfig(source=str(tmp_path / "nope.jsonl")), tokenizer, seed=0)
+
+
+def test_gsm8k_file_loads_with_question_field(shared_data, tokenizer):
+    cfg = DataConfig(source=str(shared_data / "gsm8k_test.jsonl"), prompt_field="question", eval_size=10)
+    task = build_task(cfg, tokenizer, seed=0)
+    assert len(task.eval_rows) == 10 and "####" in task.eval_rows[0]["answer"]
