@@ -113,14 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted; the last checkpoint is kept (resume with --resume RUN_DIR)", file=sys.stderr)
         return 130
-    _print_summary(summary)
+    from rlft.pipeline.report import format_summary
+
+    print("\n" + format_summary(summary))
     return 0
-
-
-def _print_summary(summary: dict) -> None:
-    print("\nrlft summary")
-    for key, value in summary.items():
-        print(f"  {key:20s} {value}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from rlft.models.loading import load_tokenizer
 from rlft.pipeline import checkpoint as ckpt
 from rlft.pipeline.actors import start_actors
 from rlft.pipeline.batch import assign_advantages, build_train_batch
+from rlft.pipeline.report import plot_curves
 from rlft.pipeline.shaping import GroupSampler, kl_reward_penalty
 from rlft.reward import RewardFailureError, check_failure_rate
 from rlft.rollout.streaming import GroupStream, score_groups
@@ -45,7 +46,8 @@ def split_evenly(items: list, parts: int) -> list[list]:
 class Trainer:
     """Owns the actors and the run folder for one run."""
 
-    def __init__(self, cfg: RLConfig, run_dir: Path):
+    def __init__(self, cfg: RLConfig, run_dir: Path, started: float | None = None):
+        self.started = started if started is not None else time.perf_counter()
         self.cfg = cfg
         self.run_dir = run_dir
         self.tokenizer = load_tokenizer(cfg.model)
@@ -203,9 +205,10 @@ class Trainer:
             "samples": self.state["samples"],
             "tokens_generated": self.state["tokens"],
             "train_seconds": round(self.state["train_seconds"], 1),
-            "initial_accuracy": evals[0]["eval/accuracy"],
-            "final_accuracy": evals[-1]["eval/accuracy"],
-            "best_accuracy": max(e["eval/accuracy"] for e in evals),
+            "wall_seconds": round(time.perf_counter() - self.started, 1),
+            "initial_accuracy": round(evals[0]["eval/accuracy"], 4),
+            "final_accuracy": round(evals[-1]["eval/accuracy"], 4),
+            "best_accuracy": round(max(e["eval/accuracy"] for e in evals), 4),
             "best_step": max(evals, key=lambda e: e["eval/accuracy"])["step"],
             "peak_memory_mb": {
                 "learner": round(peaks[0] / 2**20),
@@ -265,16 +268,18 @@ def ray_session(cfg: RLConfig) -> bool:
 
 def train(cfg: RLConfig, resume_dir: Path | None = None) -> dict:
     """Run (or resume) training; returns the summary, also saved as summary.json in the run folder."""
+    started = time.perf_counter()
     run_dir = resume_dir if resume_dir is not None else make_run_dir(cfg)
     started_ray = ray_session(cfg)
     trainer = None
     try:
-        trainer = Trainer(cfg, run_dir)
+        trainer = Trainer(cfg, run_dir, started)
         if resume_dir is not None and (latest := ckpt.latest_checkpoint(run_dir)) is not None:
             trainer.restore(latest)
             log.warning("resuming %s from step %d", run_dir, trainer.state["step"])
         summary = trainer.run()
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        plot_curves(run_dir)
         return summary
     finally:
         if trainer is not None and not started_ray:  # on a shared cluster, remove only our actors
