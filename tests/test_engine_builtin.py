@@ -176,6 +176,19 @@ def test_sampling_logprobs_match_the_learner_recomputation(lm, mode):
             assert torch.allclose(recomputed, torch.tensor(c.logprobs), atol=1e-4, rtol=0)
 
 
+def test_an_abandoned_call_leaves_no_kv_blocks_behind(lm):
+    model, tokenizer = lm
+    prompts = _prompts(tokenizer)
+    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=12, seed=4)
+    engine = BuiltinEngine(model, tokenizer, max_slots=2)
+    next(iter(engine.generate_groups(prompts, params)))  # the consumer stops after the first group
+    generate(engine, prompts, params)
+    fresh = BuiltinEngine(model, tokenizer, max_slots=2)
+    generate(fresh, prompts, params)
+    assert engine.stats["peak_kv_bytes"] == fresh.stats["peak_kv_bytes"]
+    assert engine.cache.blocks_in_use == 0
+
+
 def test_full_sampling_needs_a_group_worth_of_slots(lm):
     from rlft.errors import UserError
 

@@ -121,7 +121,7 @@ class BuiltinEngine:
                                   predict)
         except ValueError as e:
             raise UserError(f"{e}; raise rollout.max_slots or pick rollout.sampling=infinite") from None
-        self.cache.reset_peak()
+        self.cache.clear()  # blocks a caller left behind by not draining a previous call are free again
         self.stats = {"decode_steps": 0, "decode_rows": 0, "prefill_forwards": 0, "prefill_tokens": 0,
                       "generated_tokens": 0, "probe_tokens": sched.probe_tokens, "length_predictions": []}
         running: list[_Sample] = []
@@ -134,9 +134,9 @@ class BuiltinEngine:
                 if admitted:
                     self._prefill([groups[g] for g in admitted])
                 started = []
-                for g, j, probe in sched.start(step):
+                for g, j, is_probe in sched.start(step):
                     started.append(groups[g].samples[j])
-                    started[-1].probe = probe
+                    started[-1].probe = is_probe
                 changed = False
                 for sample in self._first_tokens([s for s in started if not s.tokens], params):
                     if self._finish_if_done(sample, params):
@@ -147,7 +147,9 @@ class BuiltinEngine:
             for group in self._complete(finished):
                 yield group.index, self._completions(group)
             if not running:
-                continue
+                if sched.done:
+                    break
+                raise RuntimeError("the slot scheduler stalled: nothing runs, nothing can start")  # a bug, not a user error
             step += 1
             still = []
             for sample in self._decode(running, params):
@@ -198,7 +200,7 @@ class BuiltinEngine:
         key_pos = positions[:, None, :]
         query_pos = positions[:, :, None]
         self.cache.write_slots = torch.tensor(slots, device=dev)
-        self.cache.read_blocks = None
+        self.cache.read_blocks = self.cache.row_chunks = None
         logits = self._forward(torch.tensor(ids, device=dev), positions, mask[:, None], query_pos[:, None], key_pos[:, None])
         for group, row in zip(groups, logits[:, -1].float()):
             group.first_logits = row
@@ -208,6 +210,7 @@ class BuiltinEngine:
     def _decode(self, rows: list[_Sample], params: SamplingParams) -> list[_Sample]:
         """One decode step: feed every row's last token, sample its next one."""
         bs = self.cache.block_size
+        rows.sort(key=lambda s: -(len(s.group.prompt) + len(s.tokens)))  # longest first: chunks of like widths
         ids, positions, slots, tables, prefix_len, prefix_span, own = [], [], [], [], [], [], []
         for s in rows:
             n, p = len(s.tokens), len(s.group.prompt)
@@ -231,6 +234,7 @@ class BuiltinEngine:
         key_pos = torch.where(in_prefix, col, p_len + col - span)
         self.cache.write_slots = torch.tensor(slots, device=dev)
         self.cache.read_blocks = table
+        self.cache.row_chunks = _row_chunks(list(map(len, tables))) if self.attn == "sdpa" else None
         logits = self._forward(torch.tensor(ids, device=dev)[:, None], pos, mask[:, None, None], pos[:, None, :, None],
                                key_pos[:, None, None])
         self.stats["decode_steps"] += 1
@@ -246,8 +250,9 @@ class BuiltinEngine:
                      "sliding_attention": self._model_mask(mask & (query_pos - key_pos < self.sliding_window))}
         extra = {"logits_to_keep": 1} if self.keep_last_logits else {}
         config = self.model.config
-        if self.attn == "sdpa":  # our SDPA reads the cache's gathers in place (the model may be shared: restore)
+        if self.attn == "sdpa":  # paged_sdpa reads the cache in row chunks (the model may be shared: restore)
             config._attn_implementation = PAGED_SDPA
+            extra["paged_cache"] = self.cache
         try:
             return self.model(input_ids=ids, attention_mask=masks, position_ids=positions, past_key_values=self.cache,
                               use_cache=True, **extra).logits
@@ -335,6 +340,17 @@ class BuiltinEngine:
     def _hit_stop(self, tokens: list[int], stop: list[str]) -> bool:
         tail = self.tokenizer.decode(tokens[-max(8, max(map(len, stop)) + 2):], skip_special_tokens=True)
         return any(s in tail for s in stop)
+
+
+def _row_chunks(widths: list[int]) -> list[tuple[int, int, int]]:
+    """(first row, end row, blocks) over rows sorted by decreasing width: a new chunk starts where a row needs
+    at most 60 % of its chunk's width, so padding stays under ~40 % for a few extra small gathers."""
+    chunks, start = [], 0
+    for i in range(1, len(widths) + 1):
+        if i == len(widths) or widths[i] <= 0.6 * widths[start]:
+            chunks.append((start, i, widths[start]))
+            start = i
+    return chunks
 
 
 def _eos_ids(model, tokenizer) -> list[int]:

@@ -35,6 +35,8 @@ class PagedKVCache(Cache):
         self.peak_blocks = 0
         self.write_slots: torch.Tensor | None = None  # [new tokens] long: block * block_size + offset
         self.read_blocks: torch.Tensor | None = None  # [rows, blocks] long, or None: attend to the new tokens only
+        # (first row, end row, blocks) of rows sorted longest first: paged_sdpa gathers each chunk at its own width
+        self.row_chunks: list[tuple[int, int, int]] | None = None
         # gather targets reused by every layer and step: fresh multi-MB tensors each time cost page faults on CPU
         self._gathered: list[torch.Tensor] = []
 
@@ -56,8 +58,10 @@ class PagedKVCache(Cache):
         """Bytes of one block over all layers, keys and values (0 before the first forward)."""
         return sum(2 * k[:, 0].numel() * k.element_size() for k in self.keys)
 
-    def reset_peak(self) -> None:
-        self.peak_blocks = self.blocks_in_use
+    def clear(self) -> None:
+        """Free every block (the pool keeps its memory) and restart the peak count."""
+        self.free_blocks = list(range(self.capacity - 1, SCRATCH_BLOCK, -1))
+        self.blocks_in_use = self.peak_blocks = 0
 
     def _grow(self, capacity: int) -> None:
         for pools in (self.keys, self.values):
@@ -81,19 +85,35 @@ class PagedKVCache(Cache):
         flat = (heads, self.capacity * self.block_size, dim)
         keys.view(flat).index_copy_(1, self.write_slots, key_states.transpose(0, 1).reshape(heads, rows * q, dim))
         values.view(flat).index_copy_(1, self.write_slots, value_states.transpose(0, 1).reshape(heads, rows * q, dim))
-        if self.read_blocks is None:
+        if self.read_blocks is None or self.row_chunks is not None:  # prefill, or paged_sdpa gathers itself
             return key_states, value_states
-        index = self.read_blocks.view(-1)
-        shape = (heads, len(index), self.block_size, dim)
+        return self._gather(layer_idx, self.read_blocks)
+
+    def _gather(self, layer_idx: int, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V of `blocks` [rows, n] as [rows, kv_heads, n * block_size, head_dim] views of head-major data
+        (reused buffers), which paged_sdpa reads without a copy."""
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        heads, _, _, dim = keys.shape
+        rows, n = blocks.shape
+        index = blocks.reshape(-1)
         size = heads * len(index) * self.block_size * dim
         if not self._gathered or self._gathered[0].numel() < size or self._gathered[0].dtype != keys.dtype:
             self._gathered = [keys.new_empty(2 * size) for _ in range(2)]
-        out_k, out_v = (buffer[:size].view(shape) for buffer in self._gathered)
+        out_k, out_v = (buffer[:size].view(heads, len(index), self.block_size, dim) for buffer in self._gathered)
         torch.index_select(keys, 1, index, out=out_k)
         torch.index_select(values, 1, index, out=out_v)
-        n = self.read_blocks.shape[1] * self.block_size
-        # [rows, kv_heads, tokens, dim] views of head-major data: paged_sdpa reads them without a copy
-        return out_k.view(heads, rows, n, dim).transpose(0, 1), out_v.view(heads, rows, n, dim).transpose(0, 1)
+        tokens = n * self.block_size
+        return out_k.view(heads, rows, tokens, dim).transpose(0, 1), out_v.view(heads, rows, tokens, dim).transpose(0, 1)
+
+    def attend(self, layer_idx: int, query: torch.Tensor, mask: torch.Tensor, scaling: float | None) -> torch.Tensor:
+        """One-token decode attention [rows, 1, heads, head_dim] over `row_chunks`: each chunk of similar-length
+        rows is gathered only as wide as its longest row, not the step's longest."""
+        out = query.new_empty(query.shape[0], 1, query.shape[1], query.shape[3])
+        for start, end, n in self.row_chunks:
+            key, value = self._gather(layer_idx, self.read_blocks[start:end, :n])
+            out[start:end] = _decode_sdpa(query[start:end], key, value, mask[start:end, ..., : n * self.block_size],
+                                          scaling)
+        return out
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return 0  # positions are always passed explicitly
@@ -103,18 +123,23 @@ class PagedKVCache(Cache):
 
 
 def paged_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
-    """SDPA for one-token decode steps over the cache's head-major gathers, batched as (kv head, row) so no
-    operand is copied; query heads sharing a KV head ride in the query-length dimension (grouped-query
-    attention). Anything else goes to transformers' own SDPA."""
-    rows, heads, q_len, dim = query.shape
+    """transformers attention function for the engine: one-token decode steps read the paged cache in
+    row chunks (`paged_cache` comes through the model's forward kwargs); anything else is transformers' SDPA."""
+    cache = kwargs.pop("paged_cache", None)
+    if cache is not None and cache.row_chunks is not None and query.shape[2] == 1 and kwargs.get("softcap") is None:
+        return cache.attend(module.layer_idx, query, attention_mask, scaling), None
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+
+
+def _decode_sdpa(query, key, value, mask, scaling) -> torch.Tensor:
+    """SDPA of queries [rows, heads, 1, dim] over head-major gathers, batched as (kv head, row) so no operand
+    is copied; query heads sharing a KV head ride in the query-length dimension (grouped-query attention)."""
+    rows, heads, _, dim = query.shape
     kv_heads = key.shape[1]
-    if q_len != 1 or not key.transpose(0, 1).is_contiguous() or kwargs.get("softcap") is not None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
     q = query.reshape(rows, kv_heads, heads // kv_heads, dim).transpose(0, 1)
-    mask = attention_mask.transpose(0, 1) if attention_mask is not None else None  # [1, rows, 1, tokens]
-    out = F.scaled_dot_product_attention(q, key.transpose(0, 1), value.transpose(0, 1), attn_mask=mask, scale=scaling)
-    return out.transpose(0, 1).reshape(rows, 1, heads, dim), None
+    out = F.scaled_dot_product_attention(q, key.transpose(0, 1), value.transpose(0, 1), attn_mask=mask.transpose(0, 1),
+                                         scale=scaling)
+    return out.transpose(0, 1).reshape(rows, 1, heads, dim)
 
 
 AttentionInterface.register(PAGED_SDPA, paged_sdpa)

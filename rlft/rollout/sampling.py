@@ -31,14 +31,17 @@ def mix32(x):
 
 def sample_key(seed: int, prompt_index: int, sample_index: int) -> int:
     """The 32-bit key of sample `sample_index` of prompt `prompt_index` under `seed` (also vLLM's per-request seed)."""
-    key = mix32((seed ^ (seed >> 32)) & _MASK32)
-    key = mix32(key ^ (prompt_index & _MASK32))
-    return mix32((key + _mul32(sample_index + 1, _GOLDEN)) & _MASK32)
+    key = mix32((seed ^ (seed >> 32) ^ 0x5EED5EED) & _MASK32)  # the offset keeps seed 0 away from mix32(0) = 0
+    key = mix32((key + _mul32(prompt_index + 1, _GOLDEN)) & _MASK32)
+    return mix32((key ^ _mul32(sample_index + 1, 0x85EBCA77)) & _MASK32)
 
 
 def uniforms(keys: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
-    """u(key, t) in (0, 1) as float64 [rows] for int64 `keys` and token positions `steps` [rows]."""
-    bits = mix32(keys ^ mix32(_mul32(steps + 1, _GOLDEN)))
+    """u(key, t) in (0, 1) as float64 [rows] for int64 `keys` and token positions `steps` [rows].
+
+    Each sample walks its own Weyl sequence (mixed key + t * odd constant) through the mixer, so keys and
+    steps never play symmetric roles (sample j's token t and sample t's token j draw different numbers)."""
+    bits = mix32((mix32(keys ^ 0xA511E9B3) + _mul32(steps + 1, 0xC2B2AE3D)) & _MASK32)
     return (bits.double() + 0.5) / 2.0**32
 
 
