@@ -25,9 +25,10 @@ def staging_dir(run_dir: Path, step: int) -> Path:
 def commit_checkpoint(run_dir: Path, step: int, tmp: Path, trainer_state: dict, keep: int) -> Path:
     """Finish the staged checkpoint: trainer state, fsync, atomic rename; keep the newest `keep`."""
     (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    for f in tmp.rglob("*"):  # nested folders too (a LoRA checkpoint's PEFT adapter/, DeepSpeed state)
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
     final = checkpoint_dir(run_dir, step)
     if final.exists():  # re-saving a step (e.g. final == periodic): replace it whole
         shutil.rmtree(final)
