@@ -107,6 +107,13 @@ class RewardSpec(Section):
     )
 
 
+def reward_specs(value):
+    """YAML shorthand: a bare name (or a list of them) stands for {name: ..., weight: 1}."""
+    if isinstance(value, (str, dict)):
+        value = [value]
+    return [{"name": v} if isinstance(v, str) else v for v in value] if isinstance(value, list) else value
+
+
 class RewardConfig(Section):
     functions: list[RewardSpec] = Field(
         default_factory=lambda: [RewardSpec(name="exact_answer")],
@@ -125,6 +132,8 @@ class RewardConfig(Section):
     max_failure_rate: float = Field(
         0.5, ge=0.0, le=1.0, description="stop the run (after a checkpoint) past this fraction of failed samples"
     )
+
+    _names_as_specs = field_validator("functions", mode="before")(lambda value: reward_specs(value))
 
 
 class AlgoConfig(Section):
@@ -189,12 +198,7 @@ class TransferConfig(Section):
     num_extra: int = Field(32, ge=1, description="N: extra samples per prompt ranked by the source reward")
     null_bar: float = Field(0.55, description="fixed score of the null arm (plain sampling); sources must beat it")
 
-    @field_validator("sources", mode="before")
-    @classmethod
-    def _names_as_specs(cls, value):
-        if isinstance(value, (str, dict)):
-            value = [value]
-        return [{"name": v} if isinstance(v, str) else v for v in value]
+    _names_as_specs = field_validator("sources", mode="before")(lambda value: reward_specs(value))
 
 
 class LearnerConfig(Section):
