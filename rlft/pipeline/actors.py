@@ -80,15 +80,20 @@ class LearnerWorker(Learner):
 
 
 def start_actors(cfg) -> tuple[list, list, object]:
-    """Rollout workers, reward workers and the learner, placed by their devices."""
+    """Rollout workers, reward workers and the learner (an actor, or a LearnerGroup of DeepSpeed ranks
+    called the same way), placed by their devices."""
     rollout_gpus = 1 if cfg.rollout.engine == "vllm" or pick_device(cfg.rollout.device).type == "cuda" else 0
     learner_gpus = 1 if pick_device(cfg.learner.device).type == "cuda" else 0
     # CPU actors ask Ray for no CPU slots: the sync loop runs one phase at a time and each actor
     # sets its own torch threads, so reserving cores would only stop small machines from starting.
     rollout_cls = ray.remote(num_cpus=0, num_gpus=rollout_gpus)(RolloutWorker)
     reward_cls = ray.remote(num_cpus=0)(RewardWorker)
-    learner_cls = ray.remote(num_cpus=0, num_gpus=learner_gpus)(LearnerWorker)
     rollout = [rollout_cls.remote(cfg, i) for i in range(cfg.rollout.num_workers)]
     rewards = [reward_cls.remote(cfg) for _ in range(cfg.reward.num_workers)]
-    learner = learner_cls.remote(cfg)
+    if cfg.learner.backend == "deepspeed":
+        from rlft.pipeline.learner_group import LearnerGroup  # here: that module imports this one
+
+        learner = LearnerGroup(cfg, learner_gpus)
+    else:
+        learner = ray.remote(num_cpus=0, num_gpus=learner_gpus)(LearnerWorker).remote(cfg)
     return rollout, rewards, learner

@@ -23,6 +23,7 @@ from rlft.models.loading import load_tokenizer
 from rlft.pipeline import checkpoint as ckpt
 from rlft.pipeline.actors import start_actors
 from rlft.pipeline.batch import assign_advantages, build_train_batch
+from rlft.pipeline.learner_group import LearnerGroup
 from rlft.pipeline.report import plot_curves
 from rlft.pipeline.shaping import GroupSampler, kl_reward_penalty
 from rlft.reward import RewardFailureError, check_failure_rate
@@ -283,7 +284,8 @@ def train(cfg: RLConfig, resume_dir: Path | None = None) -> dict:
         return summary
     finally:
         if trainer is not None and not started_ray:  # on a shared cluster, remove only our actors
-            for actor in [trainer.learner, *trainer.rollout, *trainer.rewarders]:
+            learners = trainer.learner.workers if isinstance(trainer.learner, LearnerGroup) else [trainer.learner]
+            for actor in [*learners, *trainer.rollout, *trainer.rewarders]:
                 ray.kill(actor)
         if started_ray:
             ray.shutdown()
