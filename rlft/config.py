@@ -388,6 +388,7 @@ def build_config(tree: dict) -> RLConfig:
     except ValidationError as err:
         raise ConfigError(_validation_message(err)) from None
     check_names(cfg)
+    check_learner(cfg)
     return cfg
 
 
@@ -405,6 +406,34 @@ def check_names(cfg: RLConfig) -> None:
             f"transfer.num_transferred={t.num_transferred} must be at most half of rollout.group_size={g} and at "
             f"most transfer.num_extra={t.num_extra}: the source's picks are judged against as many plain samples, "
             "so one that picks at random cannot clear the null arm's bar"
+        )
+
+
+def check_learner(cfg: RLConfig) -> None:
+    """Refuse learner settings that would run but silently not do what they say."""
+    ln = cfg.learner
+    if ln.backend == "torch":
+        if ln.num_workers > 1:
+            raise ConfigError(
+                f"learner.num_workers={ln.num_workers} needs learner.backend=deepspeed (allowed: torch, deepspeed); "
+                "the torch backend is one process: set learner.backend=deepspeed or learner.num_workers=1"
+            )
+        return
+    # ZeRO hands the optimizer flat 1-D slices of the parameters, and gradients only after their reduction
+    if cfg.optim.name in ("flora", "adamw-4bit-factor"):
+        raise ConfigError(
+            f"optim.name={cfg.optim.name} does not work with learner.backend=deepspeed: it needs each weight's "
+            "matrix shape, and ZeRO gives the optimizer flat slices; use optim.name=adamw or adamw-4bit"
+        )
+    if cfg.lora.kind in ("polar", "reflora", "reflora-s"):
+        raise ConfigError(
+            f"lora.kind={cfg.lora.kind} does not work with learner.backend=deepspeed: its pre-step update needs "
+            "whole gradients, which ZeRO keeps in slices; use lora.kind=lora or none, or learner.backend=torch"
+        )
+    if ln.zero_stage == 3 and ln.logprobs == "fused":
+        raise ConfigError(
+            "learner.logprobs=fused does not work with learner.zero_stage=3: it reads the output embedding outside "
+            "the forward pass, where ZeRO-3 keeps only a slice; use learner.logprobs=plain or learner.zero_stage=2"
         )
 
 
