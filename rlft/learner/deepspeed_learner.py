@@ -18,7 +18,6 @@ import torch
 import torch.distributed as dist
 
 from rlft.learner.learner import Learner
-from rlft.learner.loss import micro_batch_loss
 from rlft.lora import export_peft_adapter, save_merged
 from rlft.models.loading import resolve_model_path
 from rlft.pipeline.batch import TrainBatch
@@ -62,6 +61,9 @@ class DeepSpeedLearner(Learner):
         self.engine, _, _, _ = deepspeed.initialize(
             model=self.model, optimizer=self.optimizer, lr_scheduler=self.scheduler, config=config
         )
+        # the training forward goes through the engine: it prepares ZeRO-3's gradient reduction
+        # (through the bare model every gradient comes out 0)
+        self.train_model = self.engine
 
     def _full_parameters(self):
         """Every parameter whole on every rank for the block (ZeRO-3 partitions them; collective)."""
@@ -113,29 +115,9 @@ class DeepSpeedLearner(Learner):
         metrics["time/learner_s"] = time.perf_counter() - start
         return metrics
 
-    def accumulate_gradients(
-        self, minibatch: TrainBatch, old: torch.Tensor | None = None, ref: torch.Tensor | None = None
-    ) -> dict[str, float]:
-        """Backward of this rank's share of the mini-batch loss through the engine; returns this rank's statistics."""
-        size = self.cfg.learner.micro_batch_size
-        totals: dict[str, float] = {}
-        for s in range(0, len(minibatch), size):
-            part = minibatch.select(slice(s, s + size))
-            width = part.tokens.shape[1]
-            # through the engine: its forward prepares ZeRO-3's gradient reduction (the bare model's gives 0 grads)
-            logprobs, entropy = self._logprobs(self.engine, part, with_entropy=True)
-            loss, stats = micro_batch_loss(
-                logprobs,
-                old[s : s + size, :width] if old is not None else logprobs.detach(),
-                part.response_mask, part.advantages, part.weights, part.token_weights, self.cfg.algo,
-                ref_logprobs=ref[s : s + size, :width] if ref is not None else None,
-                entropy=entropy, rollout_logprobs=part.rollout_logprobs,
-            )
-            # DeepSpeed averages gradients over ranks; the shares must add up, so undo the average
-            self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
-            for k, v in stats.items():
-                totals[k] = max(totals.get(k, v), v) if k == "ratio_max" else totals.get(k, 0.0) + v
-        return totals
+    def _backward(self, loss: torch.Tensor) -> None:
+        # DeepSpeed averages gradients over ranks; the shares must add up, so undo the average
+        self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
 
     def _global(self, stats: dict[str, float]) -> dict[str, float]:
         """Statistics of the whole mini-batch: shares summed over ranks, `ratio_max` the largest."""

@@ -31,6 +31,7 @@ class Learner:
             if self.lora:  # frozen embeddings: checkpointed blocks still need an input that wants grad
                 self.model.enable_input_require_grads()
         self.model.train()
+        self.train_model = self.model  # what the training forward runs through (DeepSpeed: its engine)
         self.ref_model = None
         if cfg.algo.kl_coef > 0:
             self.ref_model = load_causal_lm(cfg.model, self.device).eval().requires_grad_(False)
@@ -108,7 +109,7 @@ class Learner:
         for s in range(0, len(minibatch), size):
             part = minibatch.select(slice(s, s + size))
             width = part.tokens.shape[1]
-            logprobs, entropy = self._logprobs(self.model, part, with_entropy=True)
+            logprobs, entropy = self._logprobs(self.train_model, part, with_entropy=True)
             loss, stats = micro_batch_loss(
                 logprobs,
                 old[s : s + size, :width] if old is not None else logprobs.detach(),
@@ -116,10 +117,13 @@ class Learner:
                 ref_logprobs=ref[s : s + size, :width] if ref is not None else None,
                 entropy=entropy, rollout_logprobs=part.rollout_logprobs,
             )
-            loss.backward()
+            self._backward(loss)
             for k, v in stats.items():
                 totals[k] = max(totals.get(k, v), v) if k == "ratio_max" else totals.get(k, 0.0) + v
         return totals
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
 
     def _clip_gradients(self) -> float:
         if self.cfg.optim.grad_clip > 0:
