@@ -144,6 +144,28 @@ def test_samples_share_their_prompt_blocks(lm):
     assert engine.stats["peak_kv_bytes"] == (4 + 8) * engine.stats["kv_block_bytes"]
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_reserved_kv_is_open_prompts_parked_probes_and_a_longest_response_per_slot(lm, mode):
+    """`reserved_kv_blocks`: what a run without preemption must allocate. Full-group with one group of 8 in
+    8 slots: the prompt's 4 blocks + 8 x ceil(39 / 16) = 3 blocks, whatever the samples' real lengths;
+    micro / infinite with 2 slots reserve 2 slots' worth and never less than what was live."""
+    model, tokenizer = lm
+    prompt = tokenizer("x" * 63)["input_ids"]  # 64 tokens: 4 blocks of 16
+    slots = 8 if mode == "full" else 2
+    engine = BuiltinEngine(model, tokenizer, max_slots=slots, sampling=mode, micro_group_size=2, probe_tokens=3,
+                           block_size=16, logits_processor=lambda p, g, x: _eos_at(x, g, tokenizer.eos_token_id, 11))
+    groups = generate(engine, [prompt], SamplingParams(n=8, temperature=1.0, max_new_tokens=40, seed=1))
+    assert {len(c.token_ids) for c in groups[0]} == {11}  # the reservation is for max_new_tokens, not the lengths
+    stats = engine.stats
+    if mode == "infinite":  # all 8 probes (3 tokens: one block each) park before any sample continues
+        assert stats["reserved_kv_blocks"] == 4 + 8 + 2 * 3
+    else:
+        assert stats["reserved_kv_blocks"] == 4 + slots * 3
+        assert stats["peak_kv_bytes"] == (4 + slots) * stats["kv_block_bytes"]  # 10 tokens fed: one block each
+    assert stats["reserved_kv_bytes"] == stats["reserved_kv_blocks"] * stats["kv_block_bytes"]
+    assert stats["reserved_kv_bytes"] >= stats["peak_kv_bytes"]
+
+
 def test_groups_stream_out_as_their_last_sample_ends(lm):
     model, tokenizer = lm
     prompts = _prompts(tokenizer)
@@ -196,6 +218,16 @@ def test_full_sampling_needs_a_group_worth_of_slots(lm):
     engine = BuiltinEngine(model, tokenizer, max_slots=2, sampling="full")
     with pytest.raises(UserError, match="max_slots"):
         generate(engine, _prompts(tokenizer), SamplingParams(n=4))
+
+
+def _eos_at(logits, generated, eos, length):
+    """EOS forced as token `length` of every row, never before."""
+    logits = _no_eos(logits, eos)
+    for row, g in enumerate(generated):
+        if len(g) + 1 >= length:
+            logits[row] = float("-inf")
+            logits[row, eos] = 0.0
+    return logits
 
 
 def _no_eos(logits, eos):

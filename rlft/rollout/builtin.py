@@ -124,6 +124,12 @@ class BuiltinEngine:
         self.cache.clear()  # blocks a caller left behind by not draining a previous call are free again
         self.stats = {"decode_steps": 0, "decode_rows": 0, "prefill_forwards": 0, "prefill_tokens": 0,
                       "generated_tokens": 0, "probe_tokens": sched.probe_tokens, "length_predictions": []}
+        # KV a run without preemption must reserve: the blocks of open prompts and parked probes, plus every
+        # slot's worth of a longest response (its first max_new_tokens - 1 tokens enter the cache)
+        bs = self.cache.block_size
+        slot_blocks = self.max_slots * -(-max(0, params.max_new_tokens - 1) // bs)
+        held = self._kv_held = {"prompt": 0, "parked": 0}
+        peak_held = 0
         running: list[_Sample] = []
         step = 0
         while not sched.done:
@@ -133,10 +139,13 @@ class BuiltinEngine:
                 admitted = sched.admit()
                 if admitted:
                     self._prefill([groups[g] for g in admitted])
+                    held["prompt"] += sum(len(groups[g].blocks) for g in admitted)
+                    peak_held = max(peak_held, held["prompt"] + held["parked"])
                 started = []
                 for g, j, is_probe in sched.start(step):
                     started.append(groups[g].samples[j])
                     started[-1].probe = is_probe
+                    held["parked"] -= len(started[-1].blocks)  # a parked sample resumes in its slot
                 changed = False
                 for sample in self._first_tokens([s for s in started if not s.tokens], params):
                     if self._finish_if_done(sample, params):
@@ -158,12 +167,16 @@ class BuiltinEngine:
                     finished.append(sample)
                 elif sample.probe and len(sample.tokens) >= sched.probe_tokens:
                     sched.park(sample.group.index, sample.index, step)
+                    held["parked"] += len(sample.blocks)
+                    peak_held = max(peak_held, held["prompt"] + held["parked"])
                 else:
                     still.append(sample)
             running = still
             for group in self._complete(finished):
                 yield group.index, self._completions(group)
         self.stats["peak_kv_bytes"] = self.cache.peak_blocks * self.cache.block_bytes()
+        self.stats["reserved_kv_blocks"] = peak_held + slot_blocks
+        self.stats["reserved_kv_bytes"] = (peak_held + slot_blocks) * self.cache.block_bytes()
         self.stats["kv_block_bytes"] = self.cache.block_bytes()
 
     # --- forwards -------------------------------------------------------------------------------
@@ -322,6 +335,7 @@ class BuiltinEngine:
         done = []
         for s in finished:
             if s.group.unfinished == 0 and s.group.blocks is not None:
+                self._kv_held["prompt"] -= len(s.group.blocks)
                 self.cache.release(s.group.blocks)
                 s.group.blocks = None
                 if s.group.lengths is not None:
