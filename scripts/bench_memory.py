@@ -16,6 +16,13 @@ Sections (each a function below returning rows; add one by writing it and listin
   freed, so the resident set follows live tensors; the peak is the kernel's high-water mark
   (VmHWM, reset through /proc/self/clear_refs after the inputs exist) minus the resident set
   at that point. Both paths include the gradients they return (dhidden, dweight).
+- learner_step: peak memory of the real rlft Learner over two training steps (the first allocates
+  the optimizer state) on a synthetic grpo-ba batch, for full fine-tuning with each optimizer and
+  for each LoRA kind (AdamW on the adapters), on both models. Each case runs in a fresh child
+  process; on CPU the peak is VmHWM (same malloc setting as above) minus the resident set once the
+  Learner is built and its weights are resident, on CUDA max_memory_allocated minus the allocation
+  then. So the figure is what the update itself costs: gradients, optimizer state, activations
+  (including the [rows, tokens, vocab] logits of the plain log-prob path).
 """
 
 from __future__ import annotations
@@ -175,9 +182,90 @@ def bench_fused_logprob(args) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------
+# learner step peak memory
+
+LEARNER_CASES = [("adamw", "none"), ("adamw-4bit", "none"), ("adamw-4bit-factor", "none"), ("flora", "none"),
+                 ("adamw", "lora"), ("adamw", "polar"), ("adamw", "reflora"), ("adamw", "reflora-s")]
+
+
+def measure_learner_child(spec: dict) -> dict:
+    """In a fresh process: build the Learner, run two train steps on a synthetic batch, report the peak."""
+    from rlft.config import resolve_config
+    from rlft.learner.learner import Learner
+    from rlft.pipeline.batch import build_train_batch
+
+    cfg = resolve_config("grpo-ba", None, [
+        f"model.path={spec['model_path']}", f"optim.name={spec['optimizer']}", f"lora.kind={spec['lora']}",
+        f"lora.rank={spec['lora_rank']}", f"learner.micro_batch_size={spec['micro_batch']}", "learner.device=auto",
+    ])
+    cuda = torch.cuda.is_available()
+    learner = Learner(cfg)
+    gen = torch.Generator().manual_seed(0)
+    groups, size, prompt, response, vocab = spec["groups"], spec["group_size"], spec["prompt_tokens"], \
+        spec["response_tokens"], spec["vocab"]
+    prompts = [torch.randint(3, vocab, (prompt,), generator=gen).tolist() for _ in range(groups)]
+    responses = [[torch.randint(3, vocab, (response,), generator=gen).tolist() for _ in range(size)] for _ in range(groups)]
+    logprobs = [[[-1.0] * response for _ in range(size)] for _ in range(groups)]
+    rewards = torch.randint(0, 2, (groups, size), generator=gen).float()
+    batch = build_train_batch(prompts, responses, logprobs, rewards, cfg.algo, response, pad_id=0)
+    with torch.no_grad():  # weights loaded from safetensors may still be file pages: make them resident now,
+        for p in learner.model.parameters():  # or the first forward would charge them to the step
+            p.data = p.data.clone()
+    if cuda:
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        base = _status_kib("VmRSS") * 1024
+        Path("/proc/self/clear_refs").write_text("5")
+    start = time.perf_counter()
+    for _ in range(2):
+        learner.train_step(batch)
+    seconds = (time.perf_counter() - start) / 2
+    peak = torch.cuda.max_memory_allocated() if cuda else _status_kib("VmHWM") * 1024
+    trainable = sum(p.numel() for p in learner.params)
+    return {"peak_bytes": peak - base, "rss_before_bytes": base, "trainable": trainable, "step_s": seconds}
+
+
+def bench_learner_step(args) -> list[dict]:
+    import tempfile
+
+    from transformers import Qwen2ForCausalLM
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model_name, config in model_configs(args).items():
+            path = TINY_DIR if model_name == "tiny" else Path(tmp) / model_name
+            if model_name != "tiny":
+                torch.manual_seed(0)
+                Qwen2ForCausalLM(config).save_pretrained(path)
+            baseline = None
+            for optimizer, lora in LEARNER_CASES:
+                spec = {"model_path": str(path), "optimizer": optimizer, "lora": lora, "lora_rank": args.lora_rank,
+                        "micro_batch": args.learner_micro_batch, "groups": args.learner_groups, "group_size": 8,
+                        "prompt_tokens": 32, "response_tokens": args.learner_response_tokens,
+                        "vocab": config.vocab_size}
+                cmd = [sys.executable, __file__, "--child-learner", json.dumps(spec)]
+                env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+                proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                if proc.returncode:
+                    raise RuntimeError(f"learner_step {model_name} {optimizer}/{lora} failed:\n{proc.stderr[-3000:]}")
+                out = json.loads(proc.stdout.strip().splitlines()[-1])
+                baseline = baseline or out["peak_bytes"]
+                rows.append({"model": model_name, "optimizer": optimizer, "lora": lora, "trainable": out["trainable"],
+                             "rows": spec["groups"] * spec["group_size"], "micro_batch": spec["micro_batch"],
+                             "tokens_per_row": spec["prompt_tokens"] + spec["response_tokens"],
+                             "peak_bytes": out["peak_bytes"], "vs_adamw": out["peak_bytes"] / baseline,
+                             "before_step_bytes": out["rss_before_bytes"], "step_s": out["step_s"]})
+                print(f"  learner_step {model_name} {optimizer}/{lora}: {out['peak_bytes'] / MiB:.1f} MiB", flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
 # output
 
-SECTIONS = {"optimizer_state": bench_optimizer_state, "fused_logprob": bench_fused_logprob}
+SECTIONS = {"optimizer_state": bench_optimizer_state, "fused_logprob": bench_fused_logprob,
+            "learner_step": bench_learner_step}
 
 
 def print_table(title: str, rows: list[dict]) -> None:
@@ -206,11 +294,11 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [name for name in ("optimizer_state", "fused_logprob") if results.get(name)]
+    panels = [name for name in ("optimizer_state", "learner_step", "fused_logprob") if results.get(name)]
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(6.5 * max(1, len(panels)), 4.5), squeeze=False)
     for ax, name in zip(axes[0], panels):
         rows = results[name]
-        if name == "optimizer_state":
+        if name in ("optimizer_state", "learner_step"):  # grouped bars: ratio to fp32 AdamW, per model
             models = list(dict.fromkeys(r["model"] for r in rows))
             label = lambda r: r["optimizer"] if r["lora"] == "none" else f"{r['lora']} + {r['optimizer']}"  # noqa: E731
             labels = list(dict.fromkeys(label(r) for r in rows))
@@ -219,10 +307,14 @@ def plot(results: dict, path: Path) -> None:
                 ratio = {label(r): r["vs_adamw"] for r in rows if r["model"] == model}
                 ax.bar([j + i * width for j in range(len(labels))], [ratio.get(lab, 0) for lab in labels], width, label=model)
             ax.set_xticks([j + width * (len(models) - 1) / 2 for j in range(len(labels))], labels, rotation=30, ha="right")
-            ax.axhline(0.16, color="gray", ls="--", lw=1, label="0.16x target (adamw-4bit)")
-            ax.set_ylabel("optimizer state / fp32 AdamW state")
-            ax.set_yscale("log")
-            ax.set_title("optimizer state after one step")
+            if name == "optimizer_state":
+                ax.axhline(0.16, color="gray", ls="--", lw=1, label="0.16x target (adamw-4bit)")
+                ax.set_ylabel("optimizer state / fp32 AdamW state")
+                ax.set_yscale("log")
+                ax.set_title("optimizer state after one step")
+            else:
+                ax.set_ylabel("peak / full fine-tuning with fp32 AdamW")
+                ax.set_title("learner peak memory over a training step")
         else:
             vocabs = sorted({r["vocab"] for r in rows})
             for path_name in ("plain", "fused"):
@@ -239,6 +331,9 @@ def plot(results: dict, path: Path) -> None:
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child-learner":
+        print(json.dumps(measure_learner_child(json.loads(sys.argv[2]))))
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         path, n, h, v, chunk = sys.argv[2], *map(int, sys.argv[3:7])
         print(json.dumps(measure_child(path, n, h, v, chunk)))
@@ -252,6 +347,9 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=512, help="fused_logprob: H")
     p.add_argument("--vocab", type=int, nargs="+", default=[32768, 65536], help="fused_logprob: vocabulary sizes")
     p.add_argument("--chunk", type=int, default=8192, help="fused_logprob: vocabulary chunk (learner.vocab_chunk)")
+    p.add_argument("--learner-groups", type=int, default=2, help="learner_step: prompts per batch (G = 8 each)")
+    p.add_argument("--learner-response-tokens", type=int, default=96, help="learner_step: tokens per response")
+    p.add_argument("--learner-micro-batch", type=int, default=8, help="learner_step: learner.micro_batch_size")
     args = p.parse_args()
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
