@@ -33,9 +33,12 @@ class LengthSchedule:
 
     target = clip(scale(prompt) * exp(0.5 * z1 + 0.5 * z2), min, max), where scale(prompt) is log-uniform
     in [24, 600] tokens (a hash of the prompt: how long this prompt's answers run), z1 a standard normal
-    made of the first 16 generated tokens (fixed random token weights: what a probe of 16 tokens can
-    see), and z2 one made of tokens 16..47 as they arrive (what no probe sees). So lengths spread widely
-    within and across groups, depend on the prompt, and are only partly predictable.
+    made of the first 16 generated tokens (fixed random weights per (position, token): what a probe of
+    16 tokens can see), and z2 one made of tokens 16..47 as they arrive (what no probe sees). Weights
+    per position keep z1 and z2 standard normal even for a model that repeats one token (with one weight
+    per token, the tiny model's repetitions scaled z1 fourfold and sent nearly every sample to the cap).
+    So lengths spread widely within and across groups, depend on the prompt, and are only partly
+    predictable.
 
     The processor is vectorised (one batch of tensor ops per step, no per-row Python), and the built-in
     engine's form and the transformers form share the same tensor code, so the comparison with `generate`
@@ -46,8 +49,9 @@ class LengthSchedule:
 
     def __init__(self, eos: int, vocab: int, min_tokens: int, max_tokens: int, seed: int = 0):
         gen = torch.Generator().manual_seed(seed)
-        # float64 token weights; index `vocab` (padding of short rows) weighs 0
-        self.weights = torch.cat([torch.randn(vocab, generator=gen).double(), torch.zeros(1, dtype=torch.float64)])
+        # float64 weights [HEAD, vocab + 1] per (position, token); token `vocab` (padding of short rows) weighs 0
+        self.weights = torch.cat([torch.randn(self.HEAD, vocab, generator=gen).double(),
+                                  torch.zeros(self.HEAD, 1, dtype=torch.float64)], dim=1)
         self.pad = vocab
         self.eos, self.min, self.max, self.seed = eos, min_tokens, max_tokens, seed
         self.scales: dict[tuple, float] = {}
@@ -62,7 +66,8 @@ class LengthSchedule:
     def targets(self, scales: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
         """Target lengths [rows] (float64) from prompt scales [rows] and the generated tokens so far, at most
         the first HEAD, [rows, <= HEAD] (padded with `self.pad`)."""
-        w = self.weights.to(head.device)[head]
+        positions = torch.arange(head.shape[1], device=head.device)
+        w = self.weights.to(head.device)[positions[None, :], head]
         z1 = w[:, :16].sum(dim=1) / 4.0
         z2 = w[:, 16 : self.HEAD].sum(dim=1) / math.sqrt(32)
         return (scales * torch.exp(0.5 * z1 + 0.5 * z2)).clamp(self.min, self.max)
