@@ -263,6 +263,8 @@ def ray_session(cfg: RLConfig) -> bool:
     # Ray starts workers at niceness 15; our actors do the run's real work while the driver waits,
     # so at that priority any other process on the machine (a build, a test) would starve them.
     os.environ.setdefault("RAY_worker_niceness", "0")
+    if not torch.cuda.is_available():  # DeepSpeed (imported by transformers/peft) would warn in every actor
+        env["DS_ACCELERATOR"] = os.environ.get("DS_ACCELERATOR", "cpu")
     ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, **kwargs)
     return True
 
