@@ -419,6 +419,11 @@ def check_learner(cfg: RLConfig) -> None:
                 "the torch backend is one process: set learner.backend=deepspeed or learner.num_workers=1"
             )
         return
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError(
+            "learner.backend=deepspeed needs the deepspeed package (allowed: torch, deepspeed): "
+            "pip install 'rlft[deepspeed]', or set learner.backend=torch"
+        )
     # ZeRO hands the optimizer flat 1-D slices of the parameters, and gradients only after their reduction
     if cfg.optim.name in ("flora", "adamw-4bit-factor"):
         raise ConfigError(

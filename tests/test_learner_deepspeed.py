@@ -156,3 +156,12 @@ def test_deepspeed_accepts_its_supported_options():
     cfg = resolve_config("grpo-ba", None, ["learner.backend=deepspeed", "learner.num_workers=4", "lora.kind=lora",
                                            "optim.name=adamw-4bit", "learner.zero_stage=2", "learner.logprobs=fused"])
     assert (cfg.learner.num_workers, cfg.learner.zero_stage) == (4, 2)
+
+
+def test_choosing_deepspeed_without_the_package_fails_at_config_time(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"needs the deepspeed package.*pip install 'rlft\[deepspeed\]'"):
+        resolve_config("grpo-ba", None, ["learner.backend=deepspeed"])
