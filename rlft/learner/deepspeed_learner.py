@@ -17,7 +17,7 @@ import deepspeed.ops
 import torch
 import torch.distributed as dist
 
-from rlft.learner.learner import Learner
+from rlft.learner.learner import Learner, merge_stats
 from rlft.lora import export_peft_adapter, save_merged
 from rlft.models.loading import resolve_model_path
 from rlft.pipeline.batch import TrainBatch
@@ -107,13 +107,8 @@ class DeepSpeedLearner(Learner):
             self.engine.step()  # gradient clipping, optimizer and LR schedule
             stats["grad_norm"] = float(self.engine.get_global_grad_norm())
             self.optimizer_steps += 1
-            for k, v in stats.items():
-                totals[k] = max(totals.get(k, v), v) if k == "ratio_max" else totals.get(k, 0.0) + v
-        steps = cfg.algo.num_minibatches
-        metrics = {f"learner/{k}": (v if k == "ratio_max" else v / steps) for k, v in totals.items()}
-        metrics["learner/lr"] = self.scheduler.get_last_lr()[0]
-        metrics["time/learner_s"] = time.perf_counter() - start
-        return metrics
+            merge_stats(totals, stats)
+        return self._step_metrics(totals, start)
 
     def _backward(self, loss: torch.Tensor) -> None:
         # DeepSpeed averages gradients over ranks; the shares must add up, so undo the average

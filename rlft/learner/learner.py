@@ -15,6 +15,12 @@ from rlft.optim import build_optimizer
 from rlft.pipeline.batch import TrainBatch
 
 
+def merge_stats(totals: dict[str, float], stats: dict[str, float]) -> None:
+    """Add `stats` into `totals`: sums, except ratio_max, which keeps the largest."""
+    for k, v in stats.items():
+        totals[k] = max(totals.get(k, v), v) if k == "ratio_max" else totals.get(k, 0.0) + v
+
+
 class Learner:
     """Holds the policy, the optional frozen reference and the optimizer; one `train_step` per batch."""
 
@@ -88,9 +94,12 @@ class Learner:
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer_steps += 1
-            for k, v in stats.items():
-                totals[k] = max(totals.get(k, v), v) if k == "ratio_max" else totals.get(k, 0.0) + v
-        steps = cfg.algo.num_minibatches
+            merge_stats(totals, stats)
+        return self._step_metrics(totals, start)
+
+    def _step_metrics(self, totals: dict[str, float], start: float) -> dict[str, float]:
+        """A batch's statistics summed over its optimizer steps -> per-step means (ratio_max: the largest)."""
+        steps = self.cfg.algo.num_minibatches
         metrics = {f"learner/{k}": (v if k == "ratio_max" else v / steps) for k, v in totals.items()}
         metrics["learner/lr"] = self.scheduler.get_last_lr()[0]
         metrics["time/learner_s"] = time.perf_counter() - start
@@ -118,8 +127,7 @@ class Learner:
                 entropy=entropy, rollout_logprobs=part.rollout_logprobs,
             )
             self._backward(loss)
-            for k, v in stats.items():
-                totals[k] = max(totals.get(k, v), v) if k == "ratio_max" else totals.get(k, 0.0) + v
+            merge_stats(totals, stats)
         return totals
 
     def _backward(self, loss: torch.Tensor) -> None:
