@@ -84,6 +84,12 @@ class RolloutConfig(Section):
     max_slots: int = Field(
         256, ge=1, description="concurrent sequences: the built-in engine's decode slots, vLLM's max_num_seqs"
     )
+    kv_budget_tokens: int | None = Field(
+        None, ge=1,
+        description="'infinite', built-in engine: response tokens of KV the scheduler plans to hold at once (running "
+        "samples to their predicted end, parked probes); a sample waits while starting it would exceed this. Fewer "
+        "tokens, lower KV peak, more decode steps; prompt blocks come on top. None: no limit",
+    )
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:i]' for the built-in engine")
     gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0, description="vLLM: fraction of GPU memory")
     eval_temperature: float = Field(0.0, ge=0.0, description="held-out evaluation temperature (0: greedy)")
@@ -389,6 +395,7 @@ def build_config(tree: dict) -> RLConfig:
         raise ConfigError(_validation_message(err)) from None
     check_names(cfg)
     check_learner(cfg)
+    check_rollout(cfg)
     return cfg
 
 
@@ -406,6 +413,17 @@ def check_names(cfg: RLConfig) -> None:
             f"transfer.num_transferred={t.num_transferred} must be at most half of rollout.group_size={g} and at "
             f"most transfer.num_extra={t.num_extra}: the source's picks are judged against as many plain samples, "
             "so one that picks at random cannot clear the null arm's bar"
+        )
+
+
+def check_rollout(cfg: RLConfig) -> None:
+    """Refuse rollout settings that would be silently ignored."""
+    r = cfg.rollout
+    if r.kv_budget_tokens is not None and (r.engine != "builtin" or r.sampling != "infinite"):
+        raise ConfigError(
+            f"rollout.kv_budget_tokens is a setting of the built-in engine's Infinite-Sampling scheduler, but "
+            f"rollout.engine={r.engine} and rollout.sampling={r.sampling}: set rollout.engine=builtin and "
+            "rollout.sampling=infinite, or drop kv_budget_tokens (vLLM sizes its KV pool from gpu_memory_utilization)"
         )
 
 

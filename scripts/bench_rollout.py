@@ -252,11 +252,19 @@ def bench_model(name: str, num_prompts: int, num_warmup: int, args, device: torc
         f"infinite@{G}": dict(sampling="infinite", max_slots=G, micro_group_size=g, probe_tokens=args.probe_tokens),
     }
     rows, completions = {}, {}
-    for mode, kwargs in modes.items():
+    order = list(modes)
+    for mode in order:
+        kwargs = modes[mode]
         kwargs["warmup"] = warmup if kwargs["sampling"] == "infinite" else ()
         rows[mode], groups = run_engine(model, tokenizer, schedule, prompts, params, device, **kwargs)
         completions[mode] = [[c.token_ids for c in group] for group in groups]
         print(f"  {name} {mode}: {rows[mode]['wall_s']:.1f} s", flush=True)
+        if mode == "full":  # budgets are fractions of full-group's live peak, so they run next
+            full_tokens = rows["full"]["peak_kv_bytes"] / kv_bytes_per_token(model)
+            for fraction in args.kv_budgets:
+                key = f"infinite+budget{fraction:g}"
+                modes[key] = dict(modes["infinite"], kv_budget_tokens=int(fraction * full_tokens))
+                order.insert(order.index("infinite") + 1, key)
     if not args.skip_hf:
         rows["hf_generate"] = run_hf_generate(model, tokenizer, schedule, prompts, params, device)
         print(f"  {name} hf_generate: {rows['hf_generate']['wall_s']:.1f} s", flush=True)
@@ -278,6 +286,11 @@ def ratios(rows: dict, G: int) -> dict:
         "infinite_decode_steps_reduction_vs_micro (target >= 0.40)": 1 - inf["decode_steps"] / micro["decode_steps"],
         "infinite_tokens_per_s_vs_micro (target >= 1.25)": inf["tokens_per_s"] / micro["tokens_per_s"],
     }
+    for mode, row in rows.items():
+        if mode.startswith("infinite+budget"):
+            out[f"{mode}_live_peak_kv_vs_full (target <= 0.5)"] = row["peak_kv_bytes"] / full["peak_kv_bytes"]
+            out[f"{mode}_decode_steps_reduction_vs_micro (target >= 0.40)"] = 1 - row["decode_steps"] / micro["decode_steps"]
+            out[f"{mode}_tokens_per_s_vs_micro (target >= 1.25)"] = row["tokens_per_s"] / micro["tokens_per_s"]
     if "hf_generate" in rows:
         hf = rows["hf_generate"]["tokens_per_s"]
         out[f"engine_tokens_per_s_vs_hf_generate, infinite@{G} (target >= 2)"] = rows[f"infinite@{G}"]["tokens_per_s"] / hf
@@ -304,6 +317,11 @@ def notes(results: dict, args) -> list[str]:
         key = f"engine_tokens_per_s_vs_hf_generate, infinite@{G} (target >= 2)"
         if key in q:
             parts.append(verdict(key, lambda v: v >= 2))
+        for fraction in args.kv_budgets:
+            mode = f"infinite+budget{fraction:g}"
+            parts += [verdict(f"{mode}_live_peak_kv_vs_full (target <= 0.5)", lambda v: v <= 0.5),
+                      verdict(f"{mode}_decode_steps_reduction_vs_micro (target >= 0.40)", lambda v: v >= 0.4),
+                      verdict(f"{mode}_tokens_per_s_vs_micro (target >= 1.25)", lambda v: v >= 1.25)]
         out.append(f"{name}: " + "; ".join(parts))
         ab = r["scheduling_ablation"]
         fifo, lpt = ab["continuous refill, first-come order"], ab["continuous refill, probes + plan + SJF on exact lengths (oracle)"]
@@ -381,6 +399,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup-prompts", type=int, nargs="+", default=[4, 2],
                    help="prompts (per model) an Infinite-Sampling engine decodes untimed first, so its length "
                         "predictor has data")
+    p.add_argument("--kv-budgets", type=float, nargs="*", default=[0.4],
+                   help="extra Infinite-Sampling runs with rollout.kv_budget_tokens = this fraction of full-group's "
+                        "measured live KV peak (tokens); the target is 0.5, less room for prompt blocks, block "
+                        "rounding and samples that outrun their predicted length")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
@@ -410,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
             "modes": {"full": "G slots; a group's G samples start together and hold their slots until the last ends",
                       "micro": "g slots; rounds of g samples that hold their slots until the round's longest ends",
                       "infinite": "g slots; Infinite-Sampling (continuous refill, probes, LPT plan + SJF refill)",
+                      "infinite+budgetF": "the same with rollout.kv_budget_tokens = F x full-group's live KV peak "
+                                          "(tokens): starts wait while the projected peak would pass the budget",
                       f"infinite@{args.group_size}": "the same with G slots (equal batch to hf_generate)",
                       "hf_generate": "transformers generate, one call per group (batch G)"},
         },

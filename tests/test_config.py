@@ -47,6 +47,13 @@ def test_out_of_range_value_is_rejected():
         resolve_config(None, None, ["rollout.group_size=0"])
 
 
+def test_kv_budget_applies_to_builtin_infinite_sampling_only():
+    cfg = resolve_config(None, None, ["rollout.kv_budget_tokens=4096"])
+    assert cfg.rollout.kv_budget_tokens == 4096 and cfg.rollout.sampling == "infinite"
+    with pytest.raises(ConfigError, match=r"kv_budget_tokens.*rollout.sampling=micro.*rollout.sampling=infinite"):
+        resolve_config(None, None, ["rollout.kv_budget_tokens=4096", "rollout.sampling=micro"])
+
+
 @pytest.mark.parametrize(
     "override, allowed, hint",
     [

@@ -86,6 +86,7 @@ def test_sampling_is_reproducible_from_the_seed_in_every_mode_and_slot_count(lm)
     assert tokens(max_slots=24, sampling="full") == reference
     assert tokens(max_slots=6, sampling="micro", micro_group_size=3) == reference
     assert tokens(max_slots=5, sampling="infinite", probe_tokens=3) == reference
+    assert tokens(max_slots=5, sampling="infinite", probe_tokens=3, kv_budget_tokens=40) == reference
     assert len({tuple(t) for g in reference for t in g}) > len(prompts)  # samples of a group differ
     other_seed = generate(BuiltinEngine(model, tokenizer, max_slots=24), prompts, SamplingParams(**{**vars(params), "seed": 8}))
     assert [[c.token_ids for c in g] for g in other_seed] != reference

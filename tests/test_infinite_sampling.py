@@ -116,6 +116,35 @@ def test_infinite_admission_keeps_few_prompts_open_and_streams_groups():
     assert done_at[len(done_at) // 2] < 0.75 * result["decode_steps"]  # half the groups stream out early
 
 
+def test_kv_budget_bounds_the_peak_when_lengths_are_predicted_exactly():
+    lengths = _workload(8, 32, seed=1)
+    exact = lambda g, j: float(lengths[g][j])  # noqa: E731
+    free = simulate(SlotScheduler("infinite", 8, 8, 32, 8, probe_tokens=16, predict=exact), lengths)
+    budget = free["peak_kv_tokens"] // 2
+    assert budget >= 32 * 16 + max(map(max, lengths))  # room for a group's probes and the longest sample
+    bounded = simulate(SlotScheduler("infinite", 8, 8, 32, 8, probe_tokens=16, predict=exact, kv_budget=budget), lengths)
+    assert bounded["peak_kv_tokens"] <= budget
+    assert free["decode_steps"] <= bounded["decode_steps"]  # the memory is paid for in steps
+
+
+def test_kv_budget_trades_steps_for_memory_and_never_stalls():
+    lengths = _workload(4, 32, seed=2)
+    exact = lambda g, j: float(lengths[g][j])  # noqa: E731
+    runs = [simulate(SlotScheduler("infinite", 8, 4, 32, 8, probe_tokens=16, predict=exact, kv_budget=b), lengths)
+            for b in (None, 4000, 2000, 1)]  # 1 token: below any sample, so past its probe one runs at a time
+    peaks = [r["peak_kv_tokens"] for r in runs]
+    assert peaks == sorted(peaks, reverse=True) and peaks[0] > peaks[-1]
+    assert all(step > 0 for step in runs[-1]["group_completed_at"])  # every group completed
+    assert runs[-1]["decode_steps"] >= sum(n - 16 for row in lengths for n in row)  # serial past the probes
+
+
+def test_kv_budget_is_ignored_outside_infinite_sampling():
+    lengths = _workload(2, 8, seed=3)
+    for mode in ("full", "micro"):
+        plain = simulate(SlotScheduler(mode, 8, 2, 8, 4), lengths)
+        assert simulate(SlotScheduler(mode, 8, 2, 8, 4, kv_budget=1), lengths) == plain
+
+
 def test_scheduler_rejects_rounds_larger_than_the_slots():
     with pytest.raises(ValueError, match="slots"):
         SlotScheduler("full", 4, 1, 8, 4)
@@ -146,3 +175,29 @@ def test_length_predictor_learns_prompt_and_first_token_effects_online():
                 predictor.finished(group, x, length)
             predictor.learn(group)
     assert sum(errors) / len(errors) < 0.5 * sum(constant) / len(constant)
+
+
+def test_length_predictor_ignores_first_tokens_that_say_nothing():
+    """First tokens unrelated to the length (a random model, say): the prequential gain turns the overfitted
+    token regression off, so probing costs no accuracy against predicting from prompt and siblings alone."""
+    rng = random.Random(7)
+    predictor = LengthPredictor()
+    with_tokens, without = [], []
+    for step in range(10):
+        for _ in range(4):
+            prompt = [rng.randrange(50, 90) for _ in range(rng.randint(3, 30))]
+            scale = rng.uniform(3.0, 6.0)
+            group = GroupLengths(predictor.prompt_features(prompt))
+            samples = []
+            for _ in range(16):
+                x = predictor.sample_features([rng.randrange(50) for _ in range(8)], [-1.0] * 8)
+                group.probed.append(x)
+                samples.append((x, max(1, round(math.exp(scale + rng.gauss(0, 0.5))))))
+            for x, length in samples:
+                if step >= 5:
+                    with_tokens.append(abs(math.log(predictor.predict(group, x, 10**6) / length)))
+                    without.append(abs(math.log(predictor.predict(group, None, 10**6) / length)))
+                predictor.finished(group, x, length)
+            predictor.learn(group)
+    assert predictor.sample_model.gain < 0.2
+    assert sum(with_tokens) / len(with_tokens) < 1.03 * sum(without) / len(without)

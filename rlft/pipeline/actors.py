@@ -40,7 +40,8 @@ class RolloutWorker:
 
             model = load_causal_lm(cfg.model, pick_device(r.device))
             self.engine = BuiltinEngine(model, self.tokenizer, max_slots=r.max_slots, sampling=r.sampling,
-                                        micro_group_size=r.micro_group_size, probe_tokens=r.length_probe_tokens)
+                                        micro_group_size=r.micro_group_size, probe_tokens=r.length_probe_tokens,
+                                        kv_budget_tokens=r.kv_budget_tokens)
 
     def stream(self, prompt_ids: list[list[int]], params: SamplingParams):
         """A Ray streaming generator: (index in `prompt_ids`, group as dicts) the moment each group completes."""

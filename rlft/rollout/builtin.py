@@ -59,7 +59,8 @@ class BuiltinEngine:
 
     sampling: 'full' (a group's G samples decode together), 'micro' (rounds of `micro_group_size`),
     or 'infinite' (Infinite-Sampling: continuous refill with length-aware scheduling; probes of
-    `probe_tokens` tokens feed the length predictor). `prefill_tokens` caps the padded tokens of one
+    `probe_tokens` tokens feed the length predictor; `kv_budget_tokens` bounds the response KV it plans to
+    hold, see rlft.rollout.scheduler). `prefill_tokens` caps the padded tokens of one
     prefill forward (default: 2048 on CPU, 16384 on GPU). `stats` describes the last call (decode steps,
     peak KV bytes, length predictions).
     """
@@ -75,6 +76,7 @@ class BuiltinEngine:
         block_size: int = 16,
         prefill_tokens: int | None = None,
         logits_processor: LogitsProcessor | None = None,
+        kv_budget_tokens: int | None = None,
     ):
         if sampling not in ("full", "micro", "infinite"):
             raise UserError(f"rollout.sampling must be 'full', 'micro' or 'infinite', got {sampling!r}")
@@ -82,6 +84,7 @@ class BuiltinEngine:
         self.tokenizer = tokenizer
         self.max_slots, self.sampling, self.micro_group_size = max_slots, sampling, micro_group_size
         self.probe_tokens = probe_tokens
+        self.kv_budget_tokens = kv_budget_tokens
         self.logits_processor = logits_processor
         param = next(model.parameters())
         self.device = param.device
@@ -118,7 +121,7 @@ class BuiltinEngine:
         predict = (lambda g, j: self._predict(groups[g].samples[j], params)) if length_aware else None
         try:
             sched = SlotScheduler(self.sampling, self.max_slots, len(groups), params.n, self.micro_group_size, probe,
-                                  predict)
+                                  predict, self.kv_budget_tokens if length_aware else None, self.predictor.margin)
         except ValueError as e:
             raise UserError(f"{e}; raise rollout.max_slots or pick rollout.sampling=infinite") from None
         self.cache.clear()  # blocks a caller left behind by not draining a previous call are free again
@@ -136,7 +139,7 @@ class BuiltinEngine:
             finished: list[_Sample] = []
             changed = True
             while changed:  # a sample may end on its first token, which frees its slot before the step
-                admitted = sched.admit()
+                admitted = sched.admit(step)
                 if admitted:
                     self._prefill([groups[g] for g in admitted])
                     held["prompt"] += sum(len(groups[g].blocks) for g in admitted)
@@ -318,6 +321,7 @@ class BuiltinEngine:
             self.predictor.finished(s.group.lengths, s.features, len(s.tokens))
             if s.predicted is not None:
                 self.stats["length_predictions"].append((s.predicted, len(s.tokens)))
+                self.predictor.observe(s.predicted, len(s.tokens))
         return True
 
     def _predict(self, s: _Sample, params: SamplingParams) -> float:

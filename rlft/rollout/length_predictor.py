@@ -11,6 +11,12 @@ log(length) of sample j of prompt i is modelled as a prompt effect plus a sample
   finished siblings of the same batch pull it toward their own lengths (shrinkage with weight
   `sibling_prior` for the prior).
 
+Each regression's learned part (its prediction minus its mean) is scaled by a gain in [0, 1], fitted
+prequentially: every finished group is first predicted, then learned from, and the gain is the
+least-squares slope of what happened on what was predicted. Features that say nothing (a random
+model's first tokens, prompts whose lengths follow no pattern) get a gain near 0, so the predictor
+falls back to the mean instead of acting on an overfitted regression; features that work keep ~1.
+
 Both regressions decay slowly, so the model follows the policy as training changes its lengths.
 """
 
@@ -35,6 +41,7 @@ class _Ridge:
         self.moment = torch.zeros(dim, dtype=torch.float64)
         self.weights = torch.zeros(dim, dtype=torch.float64)
         self._stale = False
+        self.gain_num = self.gain_den = 0.0  # decayed sums of learned*(y - mean) and learned^2
 
     def add(self, x: torch.Tensor, y: float) -> None:
         d = self.decay
@@ -46,9 +53,18 @@ class _Ridge:
         self._stale = True
 
     def __call__(self, x: torch.Tensor) -> float:
-        """Prediction for `x` (0 before any observation)."""
+        """Prediction for `x` (0 before any observation): the mean plus the calibrated learned part."""
+        mean, learned = self.parts(x)
+        return mean + self.gain * learned
+
+    @property
+    def gain(self) -> float:
+        return min(1.0, max(0.0, self.gain_num / self.gain_den)) if self.gain_den > 0 else 0.0
+
+    def parts(self, x: torch.Tensor) -> tuple[float, float]:
+        """(mean of the observed y, raw learned deviation for `x`); (0, 0) before any observation."""
         if not self.count:
-            return 0.0
+            return 0.0, 0.0
         mean_x, mean_y = self.sum_x / self.count, self.sum_y / self.count
         if self._stale:  # solve on centred statistics: the intercept is the mean, never shrunk
             cov = self.gram - self.count * torch.outer(mean_x, mean_x)
@@ -56,7 +72,15 @@ class _Ridge:
             eye = torch.eye(len(cross), dtype=torch.float64)
             self.weights = torch.linalg.solve(cov + self.ridge * eye, cross)
             self._stale = False
-        return mean_y + float((x - mean_x) @ self.weights)
+        return mean_y, float((x - mean_x) @ self.weights)
+
+    def calibrate(self, x: torch.Tensor, y: float) -> None:
+        """Before `add(x, y)`: score the learned part on this unseen observation (prequential gain)."""
+        mean, learned = self.parts(x)
+        if self.count:
+            d = self.decay
+            self.gain_num = self.gain_num * d + learned * (y - mean)
+            self.gain_den = self.gain_den * d + learned * learned
 
 
 class GroupLengths:
@@ -82,6 +106,18 @@ class LengthPredictor:
         # few prompt features: one observation per group, so this model sees B times fewer examples
         self.prompt_model = _Ridge(1 + prompt_buckets, 4 * ridge, decay**8)
         self.sample_model = _Ridge(2 + buckets, ridge, decay)
+        self.decay = decay
+        self.under_sum = self.under_count = 0.0  # decayed sum of log(actual / predicted) where positive, and count
+
+    def observe(self, predicted: float, actual: int) -> None:
+        """Record how a prediction the scheduler acted on turned out (for `margin`)."""
+        self.under_sum = self.under_sum * self.decay + max(0.0, math.log(max(1, actual) / predicted))
+        self.under_count = self.under_count * self.decay + 1
+
+    def margin(self) -> float:
+        """Factor a KV budget applies to predicted lengths: exp of twice the mean under-prediction (log scale),
+        so a sample that runs past its prediction as far as usual still fits (1.5 before any observation)."""
+        return math.exp(2 * self.under_sum / self.under_count) if self.under_count else 1.5
 
     def prompt_features(self, prompt: list[int]) -> torch.Tensor:
         """[1 + prompt_buckets] float64: log prompt length, hashed token shares."""
@@ -116,11 +152,14 @@ class LengthPredictor:
         """Fit both regressions on a completed group."""
         logs = [y for _, y in group.finished]
         mean_y = sum(logs) / len(logs)
+        self.prompt_model.calibrate(group.prompt_x, mean_y)
         self.prompt_model.add(group.prompt_x, mean_y)
         probed = [(fx, y) for fx, y in group.finished if fx is not None]
         if len(probed) > 1:
             mean_x = torch.stack([fx for fx, _ in probed]).mean(0)
             mean_py = sum(y for _, y in probed) / len(probed)
+            for fx, y in probed:  # all scored before any is learned: the group is unseen data as a whole
+                self.sample_model.calibrate(fx - mean_x, y - mean_py)
             for fx, y in probed:
                 self.sample_model.add(fx - mean_x, y - mean_py)
 

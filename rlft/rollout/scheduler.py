@@ -14,6 +14,11 @@ tested and compared on known lengths without a model.
   takes the longest waiting sample of the oldest group that still ends by C* (groups complete in order
   and few prompts stay open), else the shortest waiting sample (SJF), so a wrong prediction costs as
   little tail as possible.
+  With a KV budget (`kv_budget`, response tokens), a sample starts only while the projected peak stays
+  within it: running samples grow one token per step to their predicted length (times `kv_margin`, as
+  predictions err short), parked and pending probes hold k each; a group is admitted only if its G probes
+  fit too. Running samples are never preempted, so a sample that outruns its prediction can pass the budget. Whatever the budget, work starts
+  when nothing runs, so a budget below one sample's length slows the call down but never stalls it.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ class SlotScheduler:
         micro_group_size: int,
         probe_tokens: int = 0,
         predict: Callable[[int, int], float] | None = None,
+        kv_budget: float | None = None,
+        kv_margin: Callable[[], float] = lambda: 1.0,
     ):
         unit = {"full": group_size, "micro": min(micro_group_size, group_size), "infinite": 1}[mode]
         if unit > slots:
@@ -55,6 +62,8 @@ class SlotScheduler:
         self.group_size = group_size
         self.probe_tokens = probe_tokens if mode == "infinite" else 0
         self.predict = predict or (lambda g, j: 0.0)
+        self.kv_budget = kv_budget if mode == "infinite" else None
+        self.kv_margin = kv_margin  # factor on predicted lengths for the budget: predictions err short
         self.waiting_groups = deque(range(num_groups))
         self.unfinished = num_groups * group_size
         # full / micro: rounds (units) started in order, each holding its slots until its last sample ends
@@ -63,17 +72,18 @@ class SlotScheduler:
             for g in range(num_groups) for start in range(0, group_size, unit)
         ) if mode != "infinite" else deque()
         self.round_of: dict[Sample, list] = {}
-        # infinite: probes to run, parked samples with predicted lengths, running samples' (start, length)
+        # infinite: probes to run, parked samples with predicted lengths, running samples' (start step, length
+        # planned (a probe: k), tokens held at start)
         self.probes: deque[Sample] = deque()
         self.parked: dict[Sample, float] = {}
-        self.running: dict[Sample, tuple[int, float]] = {}
+        self.running: dict[Sample, tuple[int, float, int]] = {}
         self.plan_end: float | None = None
 
     @property
     def done(self) -> bool:
         return self.unfinished == 0
 
-    def admit(self) -> list[int]:
+    def admit(self, now: int = 0) -> list[int]:
         """Groups to prefill now (their samples may start in the next `start`)."""
         admitted = []
         if self.mode != "infinite":
@@ -89,7 +99,13 @@ class SlotScheduler:
         # and prefills come in batches
         if len(self.probes) + len(self.parked) >= self.slots:
             return admitted
+        committed = self._projected_peak(now) if self.kv_budget is not None else 0.0
         while self.waiting_groups and len(self.probes) + len(self.parked) < 2 * self.slots:
+            probes = self.group_size * self.probe_tokens
+            if self.kv_budget is not None and committed + probes > self.kv_budget and (
+                    self.probes or self.parked or self.running):
+                break
+            committed += probes
             g = self.waiting_groups.popleft()
             admitted.append(g)
             for j in range(self.group_size):
@@ -113,15 +129,24 @@ class SlotScheduler:
             return started
         while self.free and self.probes:
             sample = self.probes.popleft()
-            self.running[sample] = (now, float(self.probe_tokens))
+            self.running[sample] = (now, float(self.probe_tokens), 0)
             self.free -= 1
             started.append((*sample, True))
-        if self.free and self.parked:
-            chosen = sorted(self.parked) if len(self.parked) <= self.free else self._refill(now, self.free)
-            for sample in chosen:
-                self.running[sample] = (now, self.parked.pop(sample))
-                self.free -= 1
-                started.append((*sample, False))
+        if not (self.free and self.parked):
+            return started
+        if self.kv_budget is None and len(self.parked) <= self.free:
+            order = sorted(self.parked)
+        else:
+            order = self._refill_order(now)
+        for sample in order:
+            if not self.free:
+                break
+            if (self.kv_budget is not None and self.running
+                    and self._projected_peak(now, self.parked[sample]) > self.kv_budget):
+                continue
+            self.running[sample] = (now, self.parked.pop(sample), self.probe_tokens)
+            self.free -= 1
+            started.append((*sample, False))
         return started
 
     def park(self, g: int, j: int, now: int) -> None:
@@ -147,19 +172,38 @@ class SlotScheduler:
         if not any(s in self.round_of for s in members):
             self.free += len(members)
 
-    def _refill(self, now: int, count: int) -> list[Sample]:
-        """`count` parked samples for the free slots: while some fit within the plan's makespan, the longest
-        fitting one of the oldest group (streaming: groups complete in order); then the shortest (SJF)."""
+    def _projected_peak(self, now: int, start_length: float | None = None) -> float:
+        """Most response tokens held at once from now on if every running sample ends at its planned length (and
+        a parked sample of predicted length `start_length` starts now): a sample holds its tokens so far plus one
+        per step until it ends; probes (running, parked, pending) hold k tokens each."""
+        k, margin = self.probe_tokens, self.kv_margin()
+        held_left = [(held + now - start, max(0.0, margin * length - held - (now - start)))
+                     for start, length, held in self.running.values() if held or length != k or not k]
+        probes = len(self.running) - len(held_left) + len(self.parked) + len(self.probes)
+        if start_length is not None:  # it leaves the parked probes
+            held_left.append((float(k), max(0.0, margin * start_length - k)))
+            probes -= 1
+        # the sum peaks just before a sample ends: then every sample still running holds (held + elapsed)
+        peak = total = 0.0
+        for count, (held, left) in enumerate(sorted(held_left, key=lambda x: -x[1]), start=1):
+            total += held
+            peak = max(peak, total + count * left)
+        return peak + k * probes
+
+    def _refill_order(self, now: int) -> list[Sample]:
+        """Parked samples in the order the free slots take them: while some fit within the plan's makespan, the
+        longest fitting one of the oldest group first (streaming: groups complete in order); then the shortest
+        (SJF)."""
         if self.plan_end is None:  # re-plan: LPT of the parked samples over the slots' remaining loads
-            loads = [max(1.0, length - (now - start)) for start, length in self.running.values()]
+            loads = [max(1.0, length - held - (now - start)) for start, length, held in self.running.values()]
             loads += [0.0] * (self.slots - len(loads))
-            self.plan_end = now + lpt_makespan(self.parked.values(), loads)
-        budget = self.plan_end - now
-        fitting = sorted((s for s, n in self.parked.items() if n <= budget), key=lambda s: (s[0], -self.parked[s], s[1]))
-        if len(fitting) >= count:
-            return fitting[:count]
-        rest = sorted((s for s, n in self.parked.items() if n > budget), key=lambda s: (self.parked[s], s))
-        return fitting + rest[: count - len(fitting)]
+            self.plan_end = now + lpt_makespan((n - self.probe_tokens for n in self.parked.values()), loads)
+        left = self.plan_end - now
+        fitting = sorted((s for s, n in self.parked.items() if n - self.probe_tokens <= left),
+                         key=lambda s: (s[0], -self.parked[s], s[1]))
+        rest = sorted((s for s, n in self.parked.items() if n - self.probe_tokens > left),
+                      key=lambda s: (self.parked[s], s))
+        return fitting + rest
 
 
 def simulate(scheduler: SlotScheduler, lengths: list[list[int]]) -> dict[str, float]:
@@ -177,7 +221,7 @@ def simulate(scheduler: SlotScheduler, lengths: list[list[int]]) -> dict[str, fl
     while not scheduler.done:
         changed = True
         while changed:  # samples that end on their first token free their slot before the step
-            opened += len(scheduler.admit())
+            opened += len(scheduler.admit(step))
             peak_open = max(peak_open, opened - sum(n == 0 for n in left))
             changed = False
             for g, j, probe in scheduler.start(step):
