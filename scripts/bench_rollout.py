@@ -273,9 +273,17 @@ def bench_model(name: str, num_prompts: int, num_warmup: int, args, device: torc
         "model": what, "parameters": sum(p.numel() for p in model.parameters()), "prompts": num_prompts,
         "response_lengths": {"min": min(map(min, lengths)), "max": max(map(max, lengths)),
                              "mean": sum(map(sum, lengths)) / (len(lengths) * G)},
-        "identical_completions_across_modes": all(c == completions["full"] for c in completions.values()),
+        "samples_differing_from_full": {mode: differing(c, completions["full"]) for mode, c in completions.items()
+                                        if mode != "full"},
         "modes": rows, "ratios": ratios(rows, G), "scheduling_ablation": ablation(lengths, G, g, args.probe_tokens),
     }
+
+
+def differing(groups: list[list[list[int]]], reference: list[list[list[int]]]) -> dict:
+    """How many samples differ from the reference's, and the first position where each differs."""
+    where = [next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), min(len(x), len(y)))
+             for xs, ys in zip(groups, reference) for x, y in zip(xs, ys) if x != y]
+    return {"count": len(where), "of": sum(map(len, reference)), "first_differing_token": sorted(where)}
 
 
 def ratios(rows: dict, G: int) -> dict:

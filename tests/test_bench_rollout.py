@@ -1,5 +1,5 @@
 """The rollout benchmark's forced-length workload: spread that survives repetitive models, one processor
-for both engines."""
+for both engines; how differing samples are counted."""
 
 import importlib.util
 from pathlib import Path
@@ -9,11 +9,21 @@ import torch
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_rollout.py"
 
 
-def load_schedule_class():
+def load_script():
     spec = importlib.util.spec_from_file_location("bench_rollout", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.LengthSchedule
+    return module
+
+
+def load_schedule_class():
+    return load_script().LengthSchedule
+
+
+def test_differing_samples_are_counted_with_their_first_differing_token():
+    reference = [[[1, 2, 3], [4, 5]], [[6]]]
+    other = [[[1, 9, 3], [4, 5, 7]], [[6]]]
+    assert load_script().differing(other, reference) == {"count": 2, "of": 3, "first_differing_token": [1, 2]}
 
 
 def test_lengths_spread_even_when_the_model_repeats_one_token():
