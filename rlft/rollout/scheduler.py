@@ -17,8 +17,9 @@ tested and compared on known lengths without a model.
   With a KV budget (`kv_budget`, response tokens), a sample starts only while the projected peak stays
   within it: running samples grow one token per step to their predicted length (times `kv_margin`, as
   predictions err short), parked and pending probes hold k each; a group is admitted only if its G probes
-  fit too. Running samples are never preempted, so a sample that outruns its prediction can pass the budget. Whatever the budget, work starts
-  when nothing runs, so a budget below one sample's length slows the call down but never stalls it.
+  fit too. Running samples are never preempted, so a sample that outruns its prediction can pass the
+  budget. Whatever the budget, work starts when nothing runs, so a budget below one sample's length slows
+  the call down but never stalls it.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class SlotScheduler:
         self.probes: deque[Sample] = deque()
         self.parked: dict[Sample, float] = {}
         self.running: dict[Sample, tuple[int, float, int]] = {}
+        self.probing: set[Sample] = set()  # running samples that are probes
         self.plan_end: float | None = None
 
     @property
@@ -130,6 +132,7 @@ class SlotScheduler:
         while self.free and self.probes:
             sample = self.probes.popleft()
             self.running[sample] = (now, float(self.probe_tokens), 0)
+            self.probing.add(sample)
             self.free -= 1
             started.append((*sample, True))
         if not (self.free and self.parked):
@@ -152,6 +155,7 @@ class SlotScheduler:
     def park(self, g: int, j: int, now: int) -> None:
         """A probe reached k tokens: it leaves its slot and waits with its predicted length."""
         del self.running[(g, j)]
+        self.probing.discard((g, j))
         self.free += 1
         self.parked[(g, j)] = self.predict(g, j)
         self.plan_end = None
@@ -161,6 +165,7 @@ class SlotScheduler:
         self.unfinished -= 1
         if self.mode == "infinite":
             del self.running[(g, j)]
+            self.probing.discard((g, j))
             self.free += 1
             waiting = [s for s in self.parked if s[0] == g]
             for sample in waiting:  # a finished sibling tells the predictor about its prompt: re-predict
@@ -178,8 +183,8 @@ class SlotScheduler:
         per step until it ends; probes (running, parked, pending) hold k tokens each."""
         k, margin = self.probe_tokens, self.kv_margin()
         held_left = [(held + now - start, max(0.0, margin * length - held - (now - start)))
-                     for start, length, held in self.running.values() if held or length != k or not k]
-        probes = len(self.running) - len(held_left) + len(self.parked) + len(self.probes)
+                     for sample, (start, length, held) in self.running.items() if sample not in self.probing]
+        probes = len(self.probing) + len(self.parked) + len(self.probes)
         if start_length is not None:  # it leaves the parked probes
             held_left.append((float(k), max(0.0, margin * start_length - k)))
             probes -= 1
