@@ -141,12 +141,17 @@ class SlotScheduler:
             order = sorted(self.parked)
         else:
             order = self._refill_order(now)
+        too_long = float("inf")  # the projected peak grows with the length started: skip what cannot fit either
         for sample in order:
             if not self.free:
                 break
-            if (self.kv_budget is not None and self.running
-                    and self._projected_peak(now, self.parked[sample]) > self.kv_budget):
-                continue
+            length = self.parked[sample]
+            if self.kv_budget is not None and self.running:
+                if length >= too_long:
+                    continue
+                if self._projected_peak(now, length) > self.kv_budget:
+                    too_long = length
+                    continue
             self.running[sample] = (now, self.parked.pop(sample), self.probe_tokens)
             self.free -= 1
             started.append((*sample, False))
