@@ -3,6 +3,7 @@
     python scripts/bench_rollout.py                                  # CPU, the default tiny model + a larger random one
     python scripts/bench_rollout.py --device cuda --prompts 16 16    # on a GPU
     python scripts/bench_rollout.py --models tiny --prompts 4 --max-new-tokens 256   # a quick look
+    python scripts/bench_rollout.py --kv-budgets 0.3 0.4 0.6     # Infinite-Sampling under KV budgets
 
 Every mode decodes the same prompts with the same seeds and randomness is per sample, so the built-in
 engine's modes draw the same completions up to float rounding: Infinite-Sampling batches rows of
