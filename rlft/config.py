@@ -88,7 +88,8 @@ class RolloutConfig(Section):
         None, ge=1,
         description="'infinite', built-in engine: response tokens of KV the scheduler plans to hold at once (running "
         "samples to their predicted end, parked probes); a sample waits while starting it would exceed this. Fewer "
-        "tokens, lower KV peak, more decode steps; prompt blocks come on top. None: no limit",
+        "tokens, lower KV peak, more decode steps; prompt blocks come on top. Acts when lengths are predicted (samples "
+        "outnumber max_slots and max_new_tokens > 2 x max(length_probe_tokens, 8)). None: no limit",
     )
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:i]' for the built-in engine")
     gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0, description="vLLM: fraction of GPU memory")
