@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rlft.errors import ConfigError
 from rlft.registry import closest, unknown_choice_message
@@ -69,7 +70,7 @@ class RolloutConfig(Section):
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass")
     max_new_tokens: int = Field(8, ge=1, description="response length cap, counted in tokens")
     stop: list[str] = Field(default_factory=list, description="strings that end a response (kept in it)")
-    sampling: Literal["full", "micro", "infinite"] = Field(
+    scheduling: Literal["full", "micro", "infinite"] = Field(
         "infinite",
         description="decode-slot scheduling: 'full' (a group's G samples start together and hold their slots until "
         "the group ends), 'micro' (rounds of micro_group_size), 'infinite' (Infinite-Sampling: a freed slot is "
@@ -94,6 +95,18 @@ class RolloutConfig(Section):
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:i]' for the built-in engine")
     gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0, description="vLLM: fraction of GPU memory")
     eval_temperature: float = Field(0.0, ge=0.0, description="held-out evaluation temperature (0: greedy)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        # `rollout.sampling` was this option's name until 2026-11; "sampling" now means token sampling only
+        if isinstance(data, dict) and "sampling" in data:
+            if "scheduling" in data:
+                raise ValueError("rollout.sampling is the old name of rollout.scheduling; set only rollout.scheduling")
+            warnings.warn("rollout.sampling is deprecated: it is now rollout.scheduling (same values)",
+                          DeprecationWarning, stacklevel=2)
+            data = {("scheduling" if k == "sampling" else k): v for k, v in data.items()}
+        return data
 
     @field_validator("engine")
     @classmethod
@@ -420,11 +433,11 @@ def check_names(cfg: RLConfig) -> None:
 def check_rollout(cfg: RLConfig) -> None:
     """Refuse rollout settings that would be silently ignored."""
     r = cfg.rollout
-    if r.kv_budget_tokens is not None and (r.engine != "builtin" or r.sampling != "infinite"):
+    if r.kv_budget_tokens is not None and (r.engine != "builtin" or r.scheduling != "infinite"):
         raise ConfigError(
             f"rollout.kv_budget_tokens is a setting of the built-in engine's Infinite-Sampling scheduler, but "
-            f"rollout.engine={r.engine} and rollout.sampling={r.sampling}: set rollout.engine=builtin and "
-            "rollout.sampling=infinite, or drop kv_budget_tokens (vLLM sizes its KV pool from gpu_memory_utilization)"
+            f"rollout.engine={r.engine} and rollout.scheduling={r.scheduling}: set rollout.engine=builtin and "
+            "rollout.scheduling=infinite, or drop kv_budget_tokens (vLLM sizes its KV pool from gpu_memory_utilization)"
         )
 
 

@@ -20,9 +20,8 @@ from rlft.errors import ConfigError, UserError
 def _help_epilog() -> str:
     from rlft.algorithms import ALGO_PRESETS
     from rlft.config import describe_options
-    from rlft.reward.registry import REWARDS, import_builtin_rewards
+    from rlft.reward.registry import REWARDS
 
-    import_builtin_rewards()
     algos = "\n".join(f"  {name:14s} {ALGO_PRESETS.get(name)['algo']}" for name in ALGO_PRESETS.names())
     return (
         f"algorithms (--algo):\n{algos}\n\nrewards (--reward, or 'file.py:fn' / 'package.module:fn'):\n  "

@@ -247,10 +247,10 @@ def bench_model(name: str, num_prompts: int, num_warmup: int, args, device: torc
     params = SamplingParams(n=args.group_size, temperature=1.0, max_new_tokens=args.max_new_tokens, seed=args.seed)
     G, g = args.group_size, args.micro_group_size
     modes = {
-        "full": dict(sampling="full", max_slots=G),
-        "micro": dict(sampling="micro", max_slots=g, micro_group_size=g),
-        "infinite": dict(sampling="infinite", max_slots=g, micro_group_size=g, probe_tokens=args.probe_tokens),
-        f"infinite@{G}": dict(sampling="infinite", max_slots=G, micro_group_size=g, probe_tokens=args.probe_tokens),
+        "full": dict(scheduling="full", max_slots=G),
+        "micro": dict(scheduling="micro", max_slots=g, micro_group_size=g),
+        "infinite": dict(scheduling="infinite", max_slots=g, micro_group_size=g, probe_tokens=args.probe_tokens),
+        f"infinite@{G}": dict(scheduling="infinite", max_slots=G, micro_group_size=g, probe_tokens=args.probe_tokens),
     }
     rows, completions = {}, {}
     order = list(modes)

@@ -49,9 +49,9 @@ def test_out_of_range_value_is_rejected():
 
 def test_kv_budget_applies_to_builtin_infinite_sampling_only():
     cfg = resolve_config(None, None, ["rollout.kv_budget_tokens=4096"])
-    assert cfg.rollout.kv_budget_tokens == 4096 and cfg.rollout.sampling == "infinite"
-    with pytest.raises(ConfigError, match=r"kv_budget_tokens.*rollout.sampling=micro.*rollout.sampling=infinite"):
-        resolve_config(None, None, ["rollout.kv_budget_tokens=4096", "rollout.sampling=micro"])
+    assert cfg.rollout.kv_budget_tokens == 4096 and cfg.rollout.scheduling == "infinite"
+    with pytest.raises(ConfigError, match=r"kv_budget_tokens.*rollout.scheduling=micro.*rollout.scheduling=infinite"):
+        resolve_config(None, None, ["rollout.kv_budget_tokens=4096", "rollout.scheduling=micro"])
 
 
 @pytest.mark.parametrize(
@@ -113,3 +113,11 @@ def test_cli_missing_reward_file_fails_at_start_naming_it(tmp_path):
     out = _cli("--reward", f"{tmp_path}/nope.py:score", "train.steps=1")
     assert out.returncode == 1
     assert "nope.py" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_old_rollout_sampling_key_is_accepted_with_a_deprecation_message():
+    with pytest.warns(DeprecationWarning, match="rollout.sampling is deprecated: it is now rollout.scheduling"):
+        cfg = resolve_config(None, None, ["rollout.sampling=micro"])
+    assert cfg.rollout.scheduling == "micro"
+    with pytest.raises(ConfigError, match="old name of rollout.scheduling"):
+        resolve_config(None, None, ["rollout.sampling=micro", "rollout.scheduling=full"])

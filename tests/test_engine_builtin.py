@@ -55,7 +55,7 @@ def test_greedy_tokens_equal_transformers_generate(lm, mode):
         out = model.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
                              max_new_tokens=24, do_sample=False, pad_token_id=tokenizer.pad_token_id)
         expected.append(out[0, len(p):].tolist())
-    engine = BuiltinEngine(model, tokenizer, max_slots=4, sampling=mode, micro_group_size=2, block_size=4)
+    engine = BuiltinEngine(model, tokenizer, max_slots=4, scheduling=mode, micro_group_size=2, block_size=4)
     groups = generate(engine, prompts, SamplingParams(n=3, temperature=0.0, max_new_tokens=24))
     for group, tokens in zip(groups, expected):
         assert [c.token_ids for c in group] == [tokens] * 3
@@ -82,11 +82,11 @@ def test_sampling_is_reproducible_from_the_seed_in_every_mode_and_slot_count(lm)
     def tokens(**kwargs):
         return [[c.token_ids for c in g] for g in generate(BuiltinEngine(model, tokenizer, **kwargs), prompts, params)]
 
-    reference = tokens(max_slots=24, sampling="full")
-    assert tokens(max_slots=24, sampling="full") == reference
-    assert tokens(max_slots=6, sampling="micro", micro_group_size=3) == reference
-    assert tokens(max_slots=5, sampling="infinite", probe_tokens=3) == reference
-    assert tokens(max_slots=5, sampling="infinite", probe_tokens=3, kv_budget_tokens=40) == reference
+    reference = tokens(max_slots=24, scheduling="full")
+    assert tokens(max_slots=24, scheduling="full") == reference
+    assert tokens(max_slots=6, scheduling="micro", micro_group_size=3) == reference
+    assert tokens(max_slots=5, scheduling="infinite", probe_tokens=3) == reference
+    assert tokens(max_slots=5, scheduling="infinite", probe_tokens=3, kv_budget_tokens=40) == reference
     assert len({tuple(t) for g in reference for t in g}) > len(prompts)  # samples of a group differ
     other_seed = generate(BuiltinEngine(model, tokenizer, max_slots=24), prompts, SamplingParams(**{**vars(params), "seed": 8}))
     assert [[c.token_ids for c in g] for g in other_seed] != reference
@@ -118,7 +118,7 @@ def test_continuous_refill_follows_the_scheduler_step_for_step(lm, mode):
     """The engine's decode steps equal the scheduler's simulation on the lengths the engine produced."""
     model, tokenizer = lm
     prompts = _prompts(tokenizer) * 2
-    engine = BuiltinEngine(model, tokenizer, max_slots=5, sampling=mode, micro_group_size=2, probe_tokens=3,
+    engine = BuiltinEngine(model, tokenizer, max_slots=5, scheduling=mode, micro_group_size=2, probe_tokens=3,
                            logits_processor=_eos_bias(tokenizer.eos_token_id, 3.0))
 
     def predicted(g, j):  # a fixed stand-in for the learned predictor, so the simulation can replay it
@@ -153,7 +153,7 @@ def test_reserved_kv_is_open_prompts_parked_probes_and_a_longest_response_per_sl
     model, tokenizer = lm
     prompt = tokenizer("x" * 63)["input_ids"]  # 64 tokens: 4 blocks of 16
     slots = 8 if mode == "full" else 2
-    engine = BuiltinEngine(model, tokenizer, max_slots=slots, sampling=mode, micro_group_size=2, probe_tokens=3,
+    engine = BuiltinEngine(model, tokenizer, max_slots=slots, scheduling=mode, micro_group_size=2, probe_tokens=3,
                            block_size=16, logits_processor=lambda p, g, x: _eos_at(x, g, tokenizer.eos_token_id, 11))
     groups = generate(engine, [prompt], SamplingParams(n=8, temperature=1.0, max_new_tokens=40, seed=1))
     assert {len(c.token_ids) for c in groups[0]} == {11}  # the reservation is for max_new_tokens, not the lengths
@@ -190,7 +190,7 @@ def test_sampling_logprobs_match_the_learner_recomputation(lm, mode):
     model, tokenizer = lm
     prompts = _prompts(tokenizer)
     params = SamplingParams(n=3, temperature=0.7, top_p=0.9, max_new_tokens=16, seed=5)
-    engine = BuiltinEngine(model, tokenizer, max_slots=4, sampling=mode, micro_group_size=2, probe_tokens=3)
+    engine = BuiltinEngine(model, tokenizer, max_slots=4, scheduling=mode, micro_group_size=2, probe_tokens=3)
     for prompt, group in zip(prompts, generate(engine, prompts, params)):
         for c in group:
             tokens = torch.tensor([prompt + c.token_ids])
@@ -216,7 +216,7 @@ def test_full_sampling_needs_a_group_worth_of_slots(lm):
     from rlft.errors import UserError
 
     model, tokenizer = lm
-    engine = BuiltinEngine(model, tokenizer, max_slots=2, sampling="full")
+    engine = BuiltinEngine(model, tokenizer, max_slots=2, scheduling="full")
     with pytest.raises(UserError, match="max_slots"):
         generate(engine, _prompts(tokenizer), SamplingParams(n=4))
 

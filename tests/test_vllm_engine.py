@@ -42,12 +42,12 @@ def test_vllm_engine_without_a_gpu_says_so(monkeypatch):
 def test_engine_arguments_follow_the_rollout_config(monkeypatch):
     _pretend_vllm_is_installed(monkeypatch)
     kwargs = engine_kwargs(ModelConfig(path="some/model", dtype="bfloat16"),
-                           RolloutConfig(engine="vllm", sampling="infinite", max_slots=8, gpu_memory_utilization=0.3))
+                           RolloutConfig(engine="vllm", scheduling="infinite", max_slots=8, gpu_memory_utilization=0.3))
     assert kwargs["model"] == "some/model" and kwargs["dtype"] == "bfloat16"
     assert kwargs["max_num_seqs"] == 8 and kwargs["gpu_memory_utilization"] == 0.3
     assert kwargs["enable_prefix_caching"] and kwargs["scheduling_policy"] == "priority"
     assert kwargs["logprobs_mode"] == "processed_logprobs"
-    assert engine_kwargs(ModelConfig(path="m"), RolloutConfig(sampling="full"))["scheduling_policy"] == "fcfs"
+    assert engine_kwargs(ModelConfig(path="m"), RolloutConfig(scheduling="full"))["scheduling_policy"] == "fcfs"
 
 
 def test_learner_weight_names_map_to_vllm_names():
@@ -127,7 +127,7 @@ def fake_vllm(monkeypatch):
 def test_infinite_requests_probe_first_then_continue_by_predicted_length(fake_vllm):
     lengths = [[3, 40, 25], [30, 2, 50]]
     llm = FakeLLM(lengths)
-    cfg = RolloutConfig(sampling="infinite", length_probe_tokens=4, max_slots=2)
+    cfg = RolloutConfig(scheduling="infinite", length_probe_tokens=4, max_slots=2)
     engine = VLLMEngine(ModelConfig(), cfg, llm=llm)
     params = SamplingParams(n=3, temperature=1.0, max_new_tokens=64, seed=7, prompt_index_offset=10)
     prompts = [[1, 2], [1, 3, 4]]
@@ -146,7 +146,7 @@ def test_infinite_requests_probe_first_then_continue_by_predicted_length(fake_vl
 
 def test_infinite_groups_complete_with_probe_and_continuation_joined(fake_vllm):
     lengths = [[3, 9]]
-    engine = VLLMEngine(ModelConfig(), RolloutConfig(sampling="infinite", length_probe_tokens=4), llm=FakeLLM(lengths))
+    engine = VLLMEngine(ModelConfig(), RolloutConfig(scheduling="infinite", length_probe_tokens=4), llm=FakeLLM(lengths))
     [(index, group)] = list(engine.generate_groups([[5]], SamplingParams(n=2, max_new_tokens=64)))
     assert index == 0
     assert [c.token_ids for c in group] == [[10, 11, 12], list(range(10, 19))]
@@ -156,7 +156,7 @@ def test_infinite_groups_complete_with_probe_and_continuation_joined(fake_vllm):
 
 def test_full_sampling_submits_every_sample_once_without_priorities(fake_vllm):
     llm = FakeLLM([[5, 70]])
-    engine = VLLMEngine(ModelConfig(), RolloutConfig(sampling="full"), llm=llm)
+    engine = VLLMEngine(ModelConfig(), RolloutConfig(scheduling="full"), llm=llm)
     [(_, group)] = list(engine.generate_groups([[5]], SamplingParams(n=2, max_new_tokens=64)))
     assert [a[0] for a in llm.llm_engine.added] == ["0-0-0", "0-1-0"]
     assert [c.finish_reason for c in group] == ["stop", "length"] and len(group[1].token_ids) == 64

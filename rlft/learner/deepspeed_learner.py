@@ -20,7 +20,7 @@ import torch.distributed as dist
 from rlft.learner.learner import Learner, merge_stats
 from rlft.lora import export_peft_adapter, save_merged
 from rlft.models.loading import resolve_model_path
-from rlft.pipeline.batch import TrainBatch
+from rlft.learner.types import TrainBatch
 
 CHECKPOINT_SUBDIR = "deepspeed"  # optimizer, scheduler and partitioned fp32 state, beside the HF weights
 CHECKPOINT_TAG = "state"

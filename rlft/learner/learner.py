@@ -12,7 +12,7 @@ from rlft.learner.loss import micro_batch_loss
 from rlft.lora import apply_lora, export_peft_adapter, lora_before_step, merged_state_dict, save_merged
 from rlft.models.loading import load_causal_lm, load_model_weights, pick_device, resolve_model_path
 from rlft.optim import build_optimizer
-from rlft.pipeline.batch import TrainBatch
+from rlft.learner.types import TrainBatch
 
 
 def merge_stats(totals: dict[str, float], stats: dict[str, float]) -> None:

@@ -2,31 +2,22 @@
 
 from __future__ import annotations
 
-import os
-import resource
-
 import ray
 import torch
 
 from rlft.learner.learner import Learner
 from rlft.models.loading import load_causal_lm, load_tokenizer, pick_device
+from rlft.pipeline.learner_group import LearnerGroup
+from rlft.pipeline.process import peak_rss_bytes, set_torch_threads
 from rlft.reward.scorer import RewardScorer
 from rlft.rollout.types import SamplingParams
-
-
-def _set_threads(cfg) -> None:
-    torch.set_num_threads(cfg.ray.torch_threads or os.cpu_count() or 1)
-
-
-def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 class RolloutWorker:
     """Owns a generation engine over its copy of the policy; receives new weights each step."""
 
     def __init__(self, cfg, index: int):
-        _set_threads(cfg)
+        set_torch_threads(cfg)
         self.cfg = cfg
         self.index = index
         self.tokenizer = load_tokenizer(cfg.model)
@@ -39,7 +30,7 @@ class RolloutWorker:
             from rlft.rollout.builtin import BuiltinEngine
 
             model = load_causal_lm(cfg.model, pick_device(r.device))
-            self.engine = BuiltinEngine(model, self.tokenizer, max_slots=r.max_slots, sampling=r.sampling,
+            self.engine = BuiltinEngine(model, self.tokenizer, max_slots=r.max_slots, scheduling=r.scheduling,
                                         micro_group_size=r.micro_group_size, probe_tokens=r.length_probe_tokens,
                                         kv_budget_tokens=r.kv_budget_tokens)
 
@@ -52,32 +43,32 @@ class RolloutWorker:
         self.engine.load_weights(state)
 
     def peak_memory_bytes(self) -> int:
-        return _peak_rss_bytes()
+        return peak_rss_bytes()
 
 
 class RewardWorker:
     """Scores completions with the configured reward functions."""
 
     def __init__(self, cfg):
-        _set_threads(cfg)
+        set_torch_threads(cfg)
         self.scorer = RewardScorer(cfg.reward)
 
     def score(self, prompts: list[str], completions: list[str], rows: list[dict]) -> tuple[list[float], dict]:
         return self.scorer.score(prompts, completions, rows)
 
     def peak_memory_bytes(self) -> int:
-        return _peak_rss_bytes()
+        return peak_rss_bytes()
 
 
 class LearnerWorker(Learner):
     """The learner in its own process (see rlft.learner.learner.Learner)."""
 
     def __init__(self, cfg):
-        _set_threads(cfg)
+        set_torch_threads(cfg)
         super().__init__(cfg)
 
     def peak_memory_bytes(self) -> int:
-        return max(super().peak_memory_bytes(), _peak_rss_bytes())
+        return max(super().peak_memory_bytes(), peak_rss_bytes())
 
 
 def start_actors(cfg) -> tuple[list, list, object]:
@@ -92,8 +83,6 @@ def start_actors(cfg) -> tuple[list, list, object]:
     rollout = [rollout_cls.remote(cfg, i) for i in range(cfg.rollout.num_workers)]
     rewards = [reward_cls.remote(cfg) for _ in range(cfg.reward.num_workers)]
     if cfg.learner.backend == "deepspeed":
-        from rlft.pipeline.learner_group import LearnerGroup  # here: that module imports this one
-
         learner = LearnerGroup(cfg, learner_gpus)
     else:
         learner = ray.remote(num_cpus=0, num_gpus=learner_gpus)(LearnerWorker).remote(cfg)

@@ -6,14 +6,14 @@ import socket
 
 import ray
 
-from rlft.pipeline.actors import _set_threads
+from rlft.pipeline.process import set_torch_threads
 
 
 class DeepSpeedWorker:
     """One rank: joins the learners' process group, then holds a DeepSpeedLearner."""
 
     def __init__(self, cfg):
-        _set_threads(cfg)
+        set_torch_threads(cfg)
         self.cfg = cfg
         self.learner = None
 

@@ -7,7 +7,7 @@ takes about a second, which would count against the call's time limit).
 
 from __future__ import annotations
 
-from rlft.reward.registry import register_reward
+from rlft.reward.names import register_reward
 
 
 @register_reward("exact_answer")

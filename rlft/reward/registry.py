@@ -29,23 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import rlft.reward.builtin  # noqa: F401  (registers the built-in rewards)
+import rlft.reward.transfer_sources  # noqa: F401  (and the TPO example sources)
 from rlft.errors import UserError
-from rlft.registry import Registry
-
-RewardFn = Callable[..., Any]
-REWARDS: Registry[RewardFn] = Registry("reward")
-
-
-def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
-    """Decorator: make `fn` available as `--reward name`."""
-    return REWARDS.register(name)
-
-
-def batched(fn: RewardFn) -> RewardFn:
-    """Decorator: `fn(prompts, completions, **fields)` takes lists (one entry per sample) and returns a list."""
-    fn.rlft_batched = True
-    return fn
-
+from rlft.reward.names import REWARDS, RewardFn, batched, register_reward  # noqa: F401  (re-exported)
 
 @dataclass
 class RewardFunction:
@@ -87,7 +74,6 @@ def load_reward(spec: str, args: dict | None = None, weight: float = 1.0) -> Rew
 def load_reward_fn(spec: str) -> RewardFn:
     """A registered name, `path/to/file.py:fn` or `package.module:fn` -> the function."""
     if ":" not in spec:
-        import_builtin_rewards()
         return REWARDS.get(spec, key="reward")
     target, _, fn_name = spec.rpartition(":")
     if _is_file(target):
@@ -106,12 +92,6 @@ def load_reward_fn(spec: str) -> RewardFn:
     if not callable(fn):
         raise UserError(f"{where}: {fn_name!r} is a {type(fn).__name__}, not a function")
     return fn
-
-
-def import_builtin_rewards() -> None:
-    """Register the built-in rewards (their heavy imports happen on first call) and the TPO example sources."""
-    import rlft.reward.builtin  # noqa: F401
-    import rlft.reward.transfer_sources  # noqa: F401
 
 
 def _is_file(target: str) -> bool:

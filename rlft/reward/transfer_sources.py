@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import random
 
-from rlft.reward.registry import batched, register_reward
+from rlft.reward.names import batched, register_reward
 
 
 @register_reward("digit_credit")

@@ -57,7 +57,7 @@ class _Sample:
 class BuiltinEngine:
     """Generates groups with continuous batching over `max_slots` decode slots.
 
-    sampling: 'full' (a group's G samples decode together), 'micro' (rounds of `micro_group_size`),
+    scheduling: 'full' (a group's G samples decode together), 'micro' (rounds of `micro_group_size`),
     or 'infinite' (Infinite-Sampling: continuous refill with length-aware scheduling; probes of
     `probe_tokens` tokens feed the length predictor; `kv_budget_tokens` bounds the response KV it plans to
     hold, see rlft.rollout.scheduler). `prefill_tokens` caps the padded tokens of one
@@ -70,7 +70,7 @@ class BuiltinEngine:
         model: torch.nn.Module,
         tokenizer,
         max_slots: int = 256,
-        sampling: str = "infinite",
+        scheduling: str = "infinite",
         micro_group_size: int = 4,
         probe_tokens: int = 16,
         block_size: int = 16,
@@ -78,11 +78,11 @@ class BuiltinEngine:
         logits_processor: LogitsProcessor | None = None,
         kv_budget_tokens: int | None = None,
     ):
-        if sampling not in ("full", "micro", "infinite"):
-            raise UserError(f"rollout.sampling must be 'full', 'micro' or 'infinite', got {sampling!r}")
+        if scheduling not in ("full", "micro", "infinite"):
+            raise UserError(f"rollout.scheduling must be 'full', 'micro' or 'infinite', got {scheduling!r}")
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.max_slots, self.sampling, self.micro_group_size = max_slots, sampling, micro_group_size
+        self.max_slots, self.scheduling, self.micro_group_size = max_slots, scheduling, micro_group_size
         self.probe_tokens = probe_tokens
         self.kv_budget_tokens = kv_budget_tokens
         self.logits_processor = logits_processor
@@ -115,15 +115,15 @@ class BuiltinEngine:
         groups = [_Group(i, list(p), params.n, params.seed, params.prompt_index_offset) for i, p in enumerate(prompts)]
         # lengths matter when samples outnumber the slots and responses may run long next to a probe (the tail a
         # plan can save is at most a few max_new_tokens); below that, first-come refill is as good and costs nothing
-        length_aware = (self.sampling == "infinite" and len(groups) * params.n > self.max_slots
+        length_aware = (self.scheduling == "infinite" and len(groups) * params.n > self.max_slots
                         and params.max_new_tokens > 2 * max(self.probe_tokens, 8))
         probe = max(2, self.probe_tokens) if length_aware and self.probe_tokens else 0
         predict = (lambda g, j: self._predict(groups[g].samples[j], params)) if length_aware else None
         try:
-            sched = SlotScheduler(self.sampling, self.max_slots, len(groups), params.n, self.micro_group_size, probe,
+            sched = SlotScheduler(self.scheduling, self.max_slots, len(groups), params.n, self.micro_group_size, probe,
                                   predict, self.kv_budget_tokens if length_aware else None, self.predictor.margin)
         except ValueError as e:
-            raise UserError(f"{e}; raise rollout.max_slots or pick rollout.sampling=infinite") from None
+            raise UserError(f"{e}; raise rollout.max_slots or pick rollout.scheduling=infinite") from None
         self.cache.clear()  # blocks a caller left behind by not draining a previous call are free again
         self.stats = {"decode_steps": 0, "decode_rows": 0, "prefill_forwards": 0, "prefill_tokens": 0,
                       "generated_tokens": 0, "probe_tokens": sched.probe_tokens, "length_predictions": []}

@@ -58,7 +58,7 @@ class SlotScheduler:
     ):
         unit = {"full": group_size, "micro": min(micro_group_size, group_size), "infinite": 1}[mode]
         if unit > slots:
-            raise ValueError(f"sampling '{mode}' starts {unit} samples together but there are only {slots} slots")
+            raise ValueError(f"scheduling '{mode}' starts {unit} samples together but there are only {slots} slots")
         self.mode, self.slots, self.free = mode, slots, slots
         self.group_size = group_size
         self.probe_tokens = probe_tokens if mode == "infinite" else 0

@@ -50,7 +50,7 @@ def engine_kwargs(model_cfg, rollout_cfg) -> dict:
         "gpu_memory_utilization": rollout_cfg.gpu_memory_utilization,
         "max_num_seqs": rollout_cfg.max_slots,
         "enable_prefix_caching": True,
-        "scheduling_policy": "priority" if rollout_cfg.sampling == "infinite" else "fcfs",
+        "scheduling_policy": "priority" if rollout_cfg.scheduling == "infinite" else "fcfs",
         "enable_sleep_mode": True,  # colocated runs free the GPU for the learner between rollouts
         "logprobs_mode": "processed_logprobs",
     }
@@ -149,7 +149,7 @@ class VLLMEngine:
         from vllm.sampling_params import RequestOutputKind
 
         r = self.rollout_cfg
-        infinite = r.sampling == "infinite"
+        infinite = r.scheduling == "infinite"
         probe = r.length_probe_tokens if infinite and params.max_new_tokens > 2 * r.length_probe_tokens else 0
         offset = params.prompt_index_offset
         samples = [[_Sample(i, j, sample_key(params.seed, offset + i, j)) for j in range(params.n)]
