@@ -280,7 +280,8 @@ class TrainConfig(Section):
 
 
 class RayConfig(Section):
-    address: str | None = Field(None, description="join this Ray cluster (e.g. 'auto'); default: start a local one")
+    address: str | None = Field(None, description="join this Ray cluster (host:port of its GCS, or 'auto'); default: "
+                                "start a private local Ray that listens on loopback only")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray instance (default: all)")
     torch_threads: int | None = Field(None, ge=1, description="torch threads per actor (default: all cores)")
 

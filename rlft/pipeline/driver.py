@@ -24,6 +24,7 @@ from rlft.pipeline import checkpoint as ckpt
 from rlft.pipeline.actors import start_actors
 from rlft.pipeline.batch import assign_advantages, build_train_batch
 from rlft.pipeline.learner_group import LearnerGroup
+from rlft.pipeline.ray_session import close_ray, ray_session
 from rlft.pipeline.report import plot_curves
 from rlft.pipeline.shaping import GroupSampler, kl_reward_penalty
 from rlft.reward import RewardFailureError, check_failure_rate
@@ -245,30 +246,6 @@ def make_run_dir(cfg: RLConfig) -> Path:
     return run_dir
 
 
-def ray_session(cfg: RLConfig) -> bool:
-    """Join `ray.address` or start a local Ray; returns whether this process started it."""
-    if ray.is_initialized():
-        return False
-    package_root = str(Path(__file__).resolve().parents[2])
-    env = {
-        "PYTHONPATH": os.pathsep.join(p for p in [package_root, os.environ.get("PYTHONPATH", "")] if p),
-        "TRANSFORMERS_VERBOSITY": "error",
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    kwargs = dict(runtime_env={"env_vars": env}, logging_level=logging.WARNING, log_to_driver=True)
-    if cfg.ray.address:
-        ray.init(address=cfg.ray.address, **kwargs)
-        return False
-    # Ray starts workers at niceness 15; our actors do the run's real work while the driver waits,
-    # so at that priority any other process on the machine (a build, a test) would starve them.
-    os.environ.setdefault("RAY_worker_niceness", "0")
-    if not torch.cuda.is_available():  # DeepSpeed (imported by transformers/peft) would warn in every actor
-        env["DS_ACCELERATOR"] = os.environ.get("DS_ACCELERATOR", "cpu")
-    ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, **kwargs)
-    return True
-
-
 def train(cfg: RLConfig, resume_dir: Path | None = None) -> dict:
     """Run (or resume) training; returns the summary, also saved as summary.json in the run folder."""
     started = time.perf_counter()
@@ -289,5 +266,4 @@ def train(cfg: RLConfig, resume_dir: Path | None = None) -> dict:
             learners = trainer.learner.workers if isinstance(trainer.learner, LearnerGroup) else [trainer.learner]
             for actor in [*learners, *trainer.rollout, *trainer.rewarders]:
                 ray.kill(actor)
-        if started_ray:
-            ray.shutdown()
+        close_ray(started_ray)
