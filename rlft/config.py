@@ -30,6 +30,21 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def renamed_keys(data: Any, section: str, renames: dict[str, str]) -> Any:
+    """A section's raw `data` with old key names replaced by new ones, each with a DeprecationWarning."""
+    if not isinstance(data, dict):
+        return data
+    for old, new in renames.items():
+        if old not in data:
+            continue
+        if new in data:
+            raise ValueError(f"{section}.{old} is the old name of {section}.{new}; set only {section}.{new}")
+        warnings.warn(f"{section}.{old} is deprecated: it is now {section}.{new} (same values)",
+                      DeprecationWarning, stacklevel=2)
+        data = {(new if k == old else k): v for k, v in data.items()}
+    return data
+
+
 class ModelConfig(Section):
     path: str = Field(
         "embedded",
@@ -99,14 +114,8 @@ class RolloutConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _renamed_keys(cls, data: Any) -> Any:
-        # `rollout.sampling` was this option's name until 2026-11; "sampling" now means token sampling only
-        if isinstance(data, dict) and "sampling" in data:
-            if "scheduling" in data:
-                raise ValueError("rollout.sampling is the old name of rollout.scheduling; set only rollout.scheduling")
-            warnings.warn("rollout.sampling is deprecated: it is now rollout.scheduling (same values)",
-                          DeprecationWarning, stacklevel=2)
-            data = {("scheduling" if k == "sampling" else k): v for k, v in data.items()}
-        return data
+        # until 2026-11 this was rollout.sampling; "sampling" now means token sampling only
+        return renamed_keys(data, "rollout", {"sampling": "scheduling"})
 
     @field_validator("engine")
     @classmethod
@@ -189,12 +198,13 @@ class AlgoConfig(Section):
     )
     entropy_coef: float = Field(0.0, description="entropy bonus weight")
     num_minibatches: int = Field(1, ge=1, description="optimizer steps per rollout batch (split by prompts)")
-    dynamic_sampling: bool = Field(
-        False, description="drop groups whose rewards are all equal and refill the batch with fresh prompts (DAPO)"
+    filter_groups: bool = Field(
+        False, description="drop groups whose rewards are all equal and refill the batch with fresh prompts (DAPO's "
+        "'dynamic sampling')"
     )
-    dynamic_sampling_max_rounds: int = Field(
+    filter_groups_max_rounds: int = Field(
         3, ge=0,
-        description="dynamic sampling: extra generation rounds per step at most, each of rollout.prompts_per_step prompts",
+        description="filter_groups: extra generation rounds per step at most, each of rollout.prompts_per_step prompts",
     )
     overlong: Literal["none", "filter", "penalty"] = Field(
         "none",
@@ -207,6 +217,13 @@ class AlgoConfig(Section):
         "rollout.max_new_tokens",
     )
     overlong_penalty: float = Field(1.0, ge=0.0, description="soft overlong penalty at rollout.max_new_tokens")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        # until 2026-11 these were dynamic_sampling*; "sampling" now means token sampling only
+        return renamed_keys(data, "algo", {"dynamic_sampling": "filter_groups",
+                                           "dynamic_sampling_max_rounds": "filter_groups_max_rounds"})
 
 
 class TransferConfig(Section):
