@@ -73,6 +73,12 @@ class DataConfig(Section):
     system_prompt: str | None = Field(None, description="system message when chat_template is on")
     eval_size: int = Field(500, ge=1, description="held-out problems evaluated (counted in prompts)")
     max_prompt_tokens: int = Field(1024, ge=1, description="longer prompts are dropped from the data")
+    bad_rows: Literal["error", "skip"] = Field(
+        "error",
+        description="rows with a missing or empty prompt or answer, or a prompt that leaves the model's context no "
+                    "room for rollout.max_new_tokens: 'error' stops at start naming the first one, 'skip' drops them "
+                    "and reports how many",
+    )
     digits: int = Field(3, ge=1, le=9, description="arithmetic task: both operands have exactly this many digits")
 
 

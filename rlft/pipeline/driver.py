@@ -19,7 +19,7 @@ from tqdm import tqdm
 from rlft.config import RLConfig, config_to_yaml
 from rlft.data import build_task
 from rlft.errors import UserError
-from rlft.models.loading import load_tokenizer
+from rlft.models.loading import context_length, load_tokenizer
 from rlft.pipeline import checkpoint as ckpt
 from rlft.pipeline.actors import start_actors
 from rlft.pipeline.batch import assign_advantages, build_train_batch
@@ -53,7 +53,9 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = run_dir
         self.tokenizer = load_tokenizer(cfg.model)
-        self.task = build_task(cfg.data, self.tokenizer, cfg.train.seed)
+        context = context_length(cfg.model)  # a prompt must leave room for the response in it
+        self.task = build_task(cfg.data, self.tokenizer, cfg.train.seed,
+                               None if context is None else context - cfg.rollout.max_new_tokens)
         self.rollout, self.rewarders, self.learner = start_actors(cfg)
         self.eval_prompt_ids = [self._tokenize(r["prompt"]) for r in self.task.eval_rows]
         self.state = {"step": 0, "evals": [], "samples": 0, "tokens": 0, "train_seconds": 0.0}
