@@ -232,6 +232,10 @@ class LearnerConfig(Section):
         "plain", description="'fused': log-probs from hidden states in vocabulary chunks (no full logits)"
     )
     vocab_chunk: int = Field(8192, ge=1, description="vocabulary chunk of the fused log-prob, counted in tokens")
+    weight_compression: Literal["none", "neuzip"] = Field(
+        "none", description="'neuzip': linear and embedding weights held losslessly compressed (entropy-coded "
+        "exponents, DESIGN 4.11), decompressed per layer in forward and backward; needs the rlft[neuzip] extra",
+    )
 
 
 class OptimConfig(Section):
@@ -249,6 +253,13 @@ class OptimConfig(Section):
     )
     flora_rank: int = Field(8, ge=1, description="Flora: rank r of the random projection")
     flora_kappa: int = Field(1000, ge=1, description="Flora: steps between momentum re-projections")
+    zo_eps: float = Field(1e-3, gt=0.0, description="zo: perturbation size ε of the SPSA estimate (DESIGN 4.10)")
+    zo_perturbations: int = Field(
+        1, ge=1, description="zo: perturbations K per optimizer step (2K forward passes; optim.grad_clip does not apply)"
+    )
+    zo_offload: bool = Field(
+        False, description="zo on CUDA: blocks live on the CPU and stream through the GPU (ZO2), the update deferred"
+    )
 
 
 class LoraConfig(Section):
@@ -455,6 +466,13 @@ def check_learner(cfg: RLConfig) -> None:
         raise ConfigError(
             "learner.backend=deepspeed needs the deepspeed package (allowed: torch, deepspeed): "
             "pip install 'rlft[deepspeed]', or set learner.backend=torch"
+        )
+    from rlft.optim import needs_backward
+
+    if not needs_backward(cfg.optim.name):
+        raise ConfigError(
+            f"optim.name={cfg.optim.name} does not work with learner.backend=deepspeed: it steps on loss evaluations, "
+            "and DeepSpeed's engine steps on gradients; set learner.backend=torch"
         )
     # ZeRO hands the optimizer flat 1-D slices of the parameters, and gradients only after their reduction
     if cfg.optim.name in ("flora", "adamw-4bit-factor"):

@@ -11,8 +11,9 @@ from rlft.learner.logprobs import token_logprobs
 from rlft.learner.loss import micro_batch_loss
 from rlft.lora import apply_lora, export_peft_adapter, lora_before_step, merged_state_dict, save_merged
 from rlft.models.loading import load_causal_lm, load_model_weights, pick_device, resolve_model_path
-from rlft.optim import build_optimizer
+from rlft.optim import build_optimizer, needs_backward
 from rlft.learner.types import TrainBatch
+from rlft.learner.zo_step import zo_update
 
 
 def merge_stats(totals: dict[str, float], stats: dict[str, float]) -> None:
@@ -83,6 +84,13 @@ class Learner:
         for m in range(cfg.algo.num_minibatches):
             rows = (batch.minibatch == m).nonzero().flatten()
             if len(rows) == 0:
+                continue
+            if not needs_backward(cfg.optim.name):  # zeroth-order: forward passes only (DESIGN 4.10)
+                stats = zo_update(self, batch.select(rows), old[rows] if old is not None else None,
+                                  ref[rows] if ref is not None else None)
+                self.scheduler.step()
+                self.optimizer_steps += 1
+                merge_stats(totals, stats)
                 continue
             self.optimizer.zero_grad(set_to_none=True)
             stats = self.accumulate_gradients(

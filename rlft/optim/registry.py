@@ -17,6 +17,11 @@ def build_adamw(params: Iterable, cfg) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
+def needs_backward(name: str) -> bool:
+    """Whether optimizer `name` steps on gradients (False: it evaluates the loss through a closure, 'zo')."""
+    return getattr(OPTIMIZERS.get(name, key="optim.name"), "needs_backward", True)
+
+
 def build_optimizer(params: Iterable, cfg) -> torch.optim.Optimizer:
     """The optimizer named by `cfg.name` (an OptimConfig) over `params`."""
     return OPTIMIZERS.get(cfg.name, key="optim.name")(params, cfg)
