@@ -455,6 +455,8 @@ def check_rollout(cfg: RLConfig) -> None:
 def check_learner(cfg: RLConfig) -> None:
     """Refuse learner settings that would run but silently not do what they say."""
     ln = cfg.learner
+    if ln.weight_compression == "neuzip":
+        check_neuzip(cfg)
     if ln.backend == "torch":
         if ln.num_workers > 1:
             raise ConfigError(
@@ -490,6 +492,22 @@ def check_learner(cfg: RLConfig) -> None:
             "learner.logprobs=fused does not work with learner.zero_stage=3: it reads the output embedding outside "
             "the forward pass, where ZeRO-3 keeps only a slice; use learner.logprobs=plain or learner.zero_stage=2"
         )
+
+
+def check_neuzip(cfg: RLConfig) -> None:
+    """NeuZip swaps each layer's weight in for its forward; refuse the paths that read weights elsewhere."""
+    from rlft.optim import needs_backward
+
+    fix = "or set learner.weight_compression=none"
+    if cfg.learner.logprobs == "fused":
+        raise ConfigError("learner.weight_compression=neuzip does not work with learner.logprobs=fused: the fused "
+                          f"log-prob reads the LM head outside its forward; set learner.logprobs=plain, {fix}")
+    if not needs_backward(cfg.optim.name):
+        raise ConfigError(f"learner.weight_compression=neuzip does not work with optim.name={cfg.optim.name}: both "
+                          f"hand each layer its weights during its forward; use optim.name=adamw, {fix}")
+    if cfg.learner.backend != "torch":
+        raise ConfigError("learner.weight_compression=neuzip works with learner.backend=torch only: ZeRO partitions "
+                          f"the weights it would compress; set learner.backend=torch, {fix}")
 
 
 def resolve_config(
