@@ -495,18 +495,11 @@ def check_learner(cfg: RLConfig) -> None:
             "learner.backend=deepspeed needs the deepspeed package (allowed: torch, deepspeed): "
             "pip install 'rlft[deepspeed]', or set learner.backend=torch"
         )
-    from rlft.optim import needs_backward
-
-    if not needs_backward(cfg.optim.name):
-        raise ConfigError(
-            f"optim.name={cfg.optim.name} does not work with learner.backend=deepspeed: it steps on loss evaluations, "
-            "and DeepSpeed's engine steps on gradients; set learner.backend=torch"
-        )
     # ZeRO hands the optimizer flat 1-D slices of the parameters, and gradients only after their reduction
     from rlft.lora import LORA_KINDS
     from rlft.optim import OPTIMIZERS
 
-    zero_refuses = {"whole_matrices", "whole_gradients"}
+    zero_refuses = {"whole_matrices", "whole_gradients", "loss_closure"}
     for key, registry, name in (("optim.name", OPTIMIZERS, cfg.optim.name), ("lora.kind", LORA_KINDS, cfg.lora.kind)):
         for need in sorted(registry.needs(name) & zero_refuses):
             raise ConfigError(

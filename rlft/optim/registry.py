@@ -18,8 +18,9 @@ def build_adamw(params: Iterable, cfg) -> torch.optim.Optimizer:
 
 
 def needs_backward(name: str) -> bool:
-    """Whether optimizer `name` steps on gradients (False: it evaluates the loss through a closure, 'zo')."""
-    return getattr(OPTIMIZERS.get(name, key="optim.name"), "needs_backward", True)
+    """Whether optimizer `name` steps on gradients (False: it needs a loss closure, NEEDS 'loss_closure')."""
+    OPTIMIZERS.get(name, key="optim.name")
+    return "loss_closure" not in OPTIMIZERS.needs(name)
 
 
 def build_optimizer(params: Iterable, cfg) -> torch.optim.Optimizer:

@@ -45,8 +45,6 @@ def _compute_dtype(p: torch.Tensor) -> torch.dtype:
 class ZerothOrder(torch.optim.Optimizer):
     """SPSA gradient estimate from 2K loss evaluations, then SGD with decoupled weight decay."""
 
-    needs_backward = False
-
     def __init__(self, params: Iterable, lr: float = 1e-6, eps: float = 1e-3, weight_decay: float = 0.0,
                  perturbations: int = 1, seed: int = 0):
         super().__init__(params, dict(lr=lr, eps=eps, weight_decay=weight_decay, perturbations=perturbations,
@@ -143,12 +141,9 @@ def perturbed(model: nn.Module, trainable: Container[torch.Tensor], perturb: Per
                 restore(module, saved)
 
 
-@OPTIMIZERS.register("zo")
+@OPTIMIZERS.register("zo", needs={"loss_closure"})  # the learner hands it a closure of the surrogate
 def build_zo(params: Iterable, cfg) -> torch.optim.Optimizer:
     """Zeroth-order SPSA (MeZO-SGD): K = `zo_perturbations` perturbations of size `zo_eps` (DESIGN 4.10)."""
     seed = int(torch.randint(0, 2**62, (1,)))  # from the run's seed (the learner seeds torch first)
     return ZerothOrder(params, lr=cfg.lr, eps=cfg.zo_eps, weight_decay=cfg.weight_decay,
                        perturbations=cfg.zo_perturbations, seed=seed)
-
-
-build_zo.needs_backward = False  # type: ignore[attr-defined]
