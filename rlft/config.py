@@ -316,6 +316,10 @@ class TrainConfig(Section):
     eval_accuracy_threshold: float = Field(
         1.0, description="a sample counts as correct (accuracy) when its reward reaches this value"
     )
+    max_nonfinite_steps: int = Field(
+        3, ge=0, description="steps in a row whose loss or gradient is NaN/inf (each skipped: no weight or optimizer "
+                             "change) tolerated; one more and the run saves a checkpoint and stops",
+    )
 
 
 class RayConfig(Section):

@@ -179,6 +179,7 @@ class Trainer:
                 if (cfg.train.eval_every and step % cfg.train.eval_every == 0) or last:
                     metrics.update(self._eval_now(step))
                 _append_jsonl(metrics_path, metrics)
+                self._check_nonfinite(step, metrics)
                 if (cfg.train.save_every and step % cfg.train.save_every == 0) or last:
                     self.save(step)
                 bar.update(1)
@@ -206,6 +207,19 @@ class Trainer:
         except RewardFailureError as e:
             path = self.save(step)
             raise RewardFailureError(f"step {step}: {e}. Checkpoint saved at {path}; resume with --resume {self.run_dir}") from None
+
+    def _check_nonfinite(self, step: int, metrics: dict) -> None:
+        """Past train.max_nonfinite_steps skipped NaN/inf steps in a row: save, then stop with a message."""
+        skipped = metrics.get("learner/nonfinite_steps", 0.0)
+        self.state["nonfinite_steps"] = self.state.get("nonfinite_steps", 0) + int(skipped)
+        self.state["nonfinite_streak"] = self.state.get("nonfinite_streak", 0) + 1 if skipped else 0
+        if self.state["nonfinite_streak"] > self.cfg.train.max_nonfinite_steps:
+            path = self.save(step)
+            raise UserError(
+                f"step {step}: the loss or gradient was NaN/inf in {self.state['nonfinite_streak']} steps in a row "
+                f"(train.max_nonfinite_steps={self.cfg.train.max_nonfinite_steps}); those updates were skipped. "
+                f"Lower optim.lr or raise optim.grad_clip; checkpoint saved at {path}; resume with --resume {self.run_dir}"
+            )
 
     def summary(self) -> dict:
         evals = self.state["evals"]
