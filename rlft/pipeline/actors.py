@@ -44,6 +44,14 @@ class RolloutWorker:
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
         self.engine.load_weights(state)
 
+    def length_predictor(self):
+        """The engine's online length predictor (checkpointed, so a resumed run schedules as before)."""
+        return getattr(self.engine, "predictor", None)
+
+    def load_length_predictor(self, predictor) -> None:
+        if predictor is not None and hasattr(self.engine, "predictor"):
+            self.engine.predictor = predictor
+
     def peak_memory_bytes(self) -> int:
         return peak_rss_bytes()
 
@@ -80,12 +88,14 @@ def start_actors(cfg) -> tuple[list, list, object]:
     learner_gpus = 1 if pick_device(cfg.learner.device).type == "cuda" else 0
     # CPU actors ask Ray for no CPU slots: the sync loop runs one phase at a time and each actor
     # sets its own torch threads, so reserving cores would only stop small machines from starting.
-    rollout_cls = ray.remote(num_cpus=0, num_gpus=rollout_gpus)(RolloutWorker)
-    reward_cls = ray.remote(num_cpus=0)(RewardWorker)
+    # a worker that dies is started again by Ray (its calls in flight fail; the driver re-sends them)
+    restarts = cfg.train.max_restarts
+    rollout_cls = ray.remote(num_cpus=0, num_gpus=rollout_gpus, max_restarts=restarts)(RolloutWorker)
+    reward_cls = ray.remote(num_cpus=0, max_restarts=restarts)(RewardWorker)
     rollout = [rollout_cls.remote(cfg, i) for i in range(cfg.rollout.num_workers)]
     rewards = [reward_cls.remote(cfg) for _ in range(cfg.reward.num_workers)]
     if cfg.learner.backend == "deepspeed":
         learner = LearnerGroup(cfg, learner_gpus)
     else:
-        learner = ray.remote(num_cpus=0, num_gpus=learner_gpus)(LearnerWorker).remote(cfg)
+        learner = ray.remote(num_cpus=0, num_gpus=learner_gpus, max_restarts=restarts)(LearnerWorker).remote(cfg)
     return rollout, rewards, learner
