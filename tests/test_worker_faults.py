@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -12,8 +13,10 @@ from pathlib import Path
 import pytest
 import ray
 
-from rlft.rollout.streaming import GroupStream, WorkerWatch, score_groups, wait_until_serving
+from rlft.rollout.streaming import GroupStream, StaleWeights, WorkerWatch, score_groups, wait_until_serving
 from rlft.rollout.types import SamplingParams
+
+pytestmark = pytest.mark.slow  # Ray actors that die and restart: about a minute on an idle 2-core machine
 
 
 class FlakyRollout:
@@ -22,9 +25,11 @@ class FlakyRollout:
 
     def __init__(self, fault: str = "", after: int = 0, marker: str = ""):
         self.fault, self.after, self.marker = fault, after, marker
-        self.weights = "initial"
+        self.weights, self.version = "initial", 0
 
-    def stream(self, prompt_ids, params):
+    def stream(self, prompt_ids, params, weights_version=None):
+        if weights_version is not None and weights_version != self.version:
+            raise StaleWeights(f"holds {self.version}, expected {weights_version}")
         for i, prompt in enumerate(prompt_ids):
             if self.fault and i == self.after and not os.path.exists(self.marker):
                 Path(self.marker).touch()
@@ -35,8 +40,11 @@ class FlakyRollout:
                        "token_ids": [j]} for j in range(params.n)]
         yield None, {"decode_steps": 1.0}
 
-    def load_weights(self, weights):
-        self.weights = weights
+    def load_weights(self, weights, version=0):
+        self.weights, self.version = weights, version
+
+    def pid(self):
+        return os.getpid()
 
     def peak_memory_bytes(self):
         return 0
@@ -71,10 +79,10 @@ PARTS = [[[10], [11], [12], [13]], [[14], [15], [16]]]
 PARAMS = SamplingParams(n=2, seed=7)
 
 
-def _revive_with(weights: str):
+def _revive_with(weights: str, version: int = 0):
     def revive(actor, phase):  # what the driver does: wait until it serves, give it the current weights
         wait_until_serving(actor, "rollout worker", 120)
-        ray.get(actor.load_weights.remote(weights))
+        ray.get(actor.load_weights.remote(weights, version))
     return revive
 
 
@@ -116,3 +124,12 @@ def test_worker_without_a_way_back_fails_loudly(local_ray, tmp_path):
     flaky = ray.remote(max_restarts=0)(FlakyRollout).remote("die", 0, str(tmp_path / "die"))
     with pytest.raises(ray.exceptions.RayActorError):
         GroupStream([flaky], [[[1]]], PARAMS).collect()  # no watch: nothing restarts it
+
+
+def test_rollout_worker_restarted_between_calls_is_caught_by_its_weights_version(local_ray):
+    worker = ray.remote(max_restarts=1)(FlakyRollout).remote()
+    ray.get(worker.load_weights.remote("current", 3))
+    os.kill(ray.get(worker.pid.remote()), signal.SIGKILL)  # while idle: Ray restarts it with the initial weights
+    watch = WorkerWatch(revive=_revive_with("current", 3), weights_version=3)
+    groups = GroupStream([worker], [PARTS[0]], PARAMS, watch=watch).collect()
+    assert all(g[0]["text"].endswith("-current") for g in groups) and watch.counts["restarts"] == 1

@@ -69,6 +69,7 @@ class Trainer:
         self.eval_prompt_ids = [self._tokenize(r["prompt"]) for r in self.task.eval_rows]
         self.state = self._initial_state()
         self.learner_restarts = 0
+        self.learner_life: str | None = None  # the learner's incarnation whose state the run trusts
         self.counted: dict[str, int] = {}  # fault counts already reported in the metrics
         self.saved_step = 0  # the step of the newest checkpoint this process wrote or loaded
         self.updating = False  # an unfinished step has changed the learner or the state
@@ -108,14 +109,25 @@ class Trainer:
         if not ray.wait([weights], timeout=timeout)[0]:
             learner_get(weights, self.learner, "weight sync", 0)  # past its deadline: raises LearnerLost
         self.weights = weights
+        self.watch.weights_version = (self.watch.weights_version or 0) + 1
         for i, worker in enumerate(self.rollout):
             try:
-                ray.get(worker.load_weights.remote(weights), timeout=timeout)
+                ray.get(worker.load_weights.remote(weights, self.watch.weights_version), timeout=timeout)
             except ray.exceptions.GetTimeoutError:
                 self.watch.timed_out(worker, f"rollout worker {i}", "weight sync")
                 self.revive(worker, "weight sync")  # loads the weights once it is back
             except WORKER_LOST as e:
                 self.watch.restarted(worker, f"rollout worker {i}", "weight sync", e)
+
+    def _check_learner(self) -> None:
+        """Ray restarts a learner killed while it idles without anyone noticing; it then holds the initial
+        weights, so the driver compares its incarnation before each update."""
+        if isinstance(self.learner, LearnerGroup):
+            return
+        life = learner_get(self.learner.incarnation.remote(), self.learner, "learner check", self.cfg.train.worker_timeout_s)
+        if self.learner_life is not None and life != self.learner_life:
+            raise LearnerLost("the rollout phase", "was restarted (killed while idle)")
+        self.learner_life = life
 
     def revive(self, actor, phase: str) -> None:
         """A worker Ray restarted: wait until it serves; a rollout worker then gets the current weights."""
@@ -123,7 +135,8 @@ class Trainer:
         name = f"rollout worker {rollout[0]}" if rollout else "a reward worker"
         wait_until_serving(actor, name, self.cfg.train.worker_timeout_s)
         if rollout and self.weights is not None:
-            ray.get(actor.load_weights.remote(self.weights), timeout=self.cfg.train.worker_timeout_s)
+            ray.get(actor.load_weights.remote(self.weights, self.watch.weights_version),
+                    timeout=self.cfg.train.worker_timeout_s)
 
     def evaluate(self) -> dict[str, float]:
         """Held-out accuracy of the current policy (greedy unless rollout.eval_temperature > 0)."""
@@ -150,6 +163,7 @@ class Trainer:
         metrics.update({f"rollout/{k}": v for k, v in engine.items()})
         self.state["rollout"] = merge_engine_stats(self.state.get("rollout", {}), engine)
         if len(groups):
+            self._check_learner()
             batch = build_train_batch(
                 groups.prompt_ids,
                 [[c["token_ids"] for c in g] for g in groups.completions],
@@ -193,11 +207,18 @@ class Trainer:
         tmp = ckpt.staging_dir(self.run_dir, step)
         learner_get(self.learner.save.remote(str(tmp)), self.learner, "checkpoint save", self.cfg.train.worker_timeout_s)
         self.tokenizer.save_pretrained(tmp)
-        # the rollout workers' length predictors as they were when step `step` ended
-        torch.save(ray.get(self.predictors or [w.length_predictor.remote() for w in self.rollout]),
+        # the rollout workers' length predictors as they were when step `step` ended (None for a worker that
+        # died since: its restart began a new one)
+        torch.save([self._get_or_none(ref) for ref in self.predictors or [w.length_predictor.remote() for w in self.rollout]],
                    tmp / "length_predictors.pt")
         self.saved_step = step
         return ckpt.commit_checkpoint(self.run_dir, step, tmp, self.state, self.cfg.train.keep_checkpoints)
+
+    def _get_or_none(self, ref):
+        try:
+            return ray.get(ref, timeout=self.cfg.train.worker_timeout_s)
+        except (*WORKER_LOST, ray.exceptions.GetTimeoutError):
+            return None
 
     def save_finished_steps(self) -> Path | None:
         """On Ctrl-C: a checkpoint of the steps finished since the last one; None when an update was in flight
@@ -210,6 +231,8 @@ class Trainer:
         learner_get(self.learner.load.remote(str(path)), self.learner, "checkpoint load", self.cfg.train.worker_timeout_s)
         self.state = json.loads((path / "trainer_state.json").read_text())
         self.saved_step = self.state["step"]
+        self.learner_life = None if isinstance(self.learner, LearnerGroup) else learner_get(
+            self.learner.incarnation.remote(), self.learner, "checkpoint load", self.cfg.train.worker_timeout_s)
         predictors = path / "length_predictors.pt"
         if predictors.is_file():
             states = torch.load(predictors, weights_only=False)
@@ -232,7 +255,12 @@ class Trainer:
                 try:
                     self._run_steps(metrics_path, bar)
                 except LearnerLost as lost:
-                    self._roll_back(lost, metrics_path)
+                    while lost is not None:  # the rollback itself talks to the learner, which may fail again
+                        try:
+                            self._roll_back(lost, metrics_path)
+                            lost = None
+                        except LearnerLost as again:
+                            lost = again
                     bar.n = self.state["step"]
         finally:
             bar.close()
@@ -292,6 +320,8 @@ class Trainer:
             self.saved_step = 0
             self.sync_weights()
         self.state["faults"] = faults
+        self.learner_life = None  # the restarted learner holds the restored state: trust its incarnation
+        self._check_learner()
         self.updating = False
         _truncate_metrics(metrics_path, self.state["step"])
 
@@ -328,7 +358,7 @@ class Trainer:
     def summary(self) -> dict:
         evals = self.state["evals"]
         actors = [self.learner, *self.rollout, *self.rewarders]
-        peaks = ray.get([a.peak_memory_bytes.remote() for a in actors], timeout=self.cfg.train.worker_timeout_s)
+        peaks = [self._get_or_none(a.peak_memory_bytes.remote()) or 0 for a in actors]
         return {
             "run_dir": str(self.run_dir),
             "steps": self.state["step"],
@@ -363,10 +393,18 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
     """Drop records past `last_step` (written after the checkpoint a resumed run starts from)."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
+    kept = [line for line in path.read_text().splitlines() if _record_step(line) <= last_step]
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     os.replace(tmp, path)
+
+
+def _record_step(line: str) -> float:
+    """The step of a metrics record; infinity for a line a killed run left half-written (dropped)."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
 
 
 def make_run_dir(cfg: RLConfig) -> Path:

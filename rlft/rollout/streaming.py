@@ -21,8 +21,14 @@ from rlft.errors import UserError
 from rlft.rollout.types import SamplingParams
 
 log = logging.getLogger("rlft")
-# what a call on a worker that died (or that Ray is restarting) raises
-WORKER_LOST = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
+
+
+class StaleWeights(RuntimeError):
+    """A rollout worker does not hold the weights the caller expects: Ray restarted it between calls."""
+
+
+# what a call on a worker that died (or that Ray is restarting, or restarted unseen) raises
+WORKER_LOST = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, StaleWeights)
 
 
 def wait_until_serving(actor, name: str, timeout_s: float | None) -> None:
@@ -52,6 +58,7 @@ class WorkerWatch:
 
     timeout_s: float | None = None
     revive: Callable[[object, str], None] | None = None
+    weights_version: int | None = None  # what rollout workers must hold (None: not checked)
     counts: dict[str, int] = dataclasses.field(default_factory=lambda: {"restarts": 0, "timeouts": 0})
 
     def timed_out(self, actor, name: str, phase: str) -> None:
@@ -102,7 +109,8 @@ class GroupStream:
 
     def _send(self, part: _Part) -> None:
         params = dataclasses.replace(self.params, prompt_index_offset=self.params.prompt_index_offset + part.offset)
-        self._pending[part.worker.stream.remote(part.prompts, params)] = part
+        version = {} if self.watch.weights_version is None else {"weights_version": self.watch.weights_version}
+        self._pending[part.worker.stream.remote(part.prompts, params, **version)] = part
         self._heard[id(part.worker)] = time.monotonic()
 
     def _wait(self) -> list:
