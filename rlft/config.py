@@ -299,6 +299,22 @@ class TrainConfig(Section):
     eval_accuracy_threshold: float = Field(
         1.0, description="a sample counts as correct (accuracy) when its reward reaches this value"
     )
+    loggers: list[Literal["jsonl", "tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["jsonl"],
+        description="where metrics go, under the same names: metrics.jsonl always; also 'tensorboard' "
+        "(RUN_DIR/tensorboard), 'wandb' (offline run in RUN_DIR/wandb) and 'mlflow' (SQLite store RUN_DIR/mlflow.db, "
+        "or $MLFLOW_TRACKING_URI); each needs its extra, e.g. pip install 'rlft[wandb]'",
+    )
+
+    @field_validator("loggers")
+    @classmethod
+    def _tracker_installed(cls, value: list[str]) -> list[str]:
+        # the package each tracker imports ('tensorboard' is what torch.utils.tensorboard needs)
+        for name in value:
+            if name != "jsonl" and importlib.util.find_spec(name) is None:
+                raise ValueError(f"logger {name!r} needs the {name} package: pip install 'rlft[{name}]', "
+                                 f"or drop it from train.loggers")
+        return value
 
 
 class RayConfig(Section):

@@ -20,9 +20,7 @@ from typing import Callable
 import ray
 import torch
 
-from rlft.algorithms.policy_loss import kl_penalty
 from rlft.algorithms.transfer import NULL_ARM, UCBArms, compose_group, win_credit
-from rlft.pipeline.batch import TrainBatch
 from rlft.reward.registry import load_reward_fn
 from rlft.reward.scorer import _metric_names
 from rlft.rollout.types import SamplingParams
@@ -77,12 +75,6 @@ def overlong_shaping(
 def informative_groups(rewards: torch.Tensor) -> list[int]:
     """Indices of the groups whose rewards are not all equal (the others have zero advantage)."""
     return (rewards.max(dim=1).values > rewards.min(dim=1).values).nonzero().flatten().tolist()
-
-
-def kl_reward_penalty(batch: TrainBatch, ref_logprobs: torch.Tensor, algo_cfg, shape: tuple[int, int]) -> torch.Tensor:
-    """kl_coef * sum_t KL_t per response, [B, G], from the sampling and the reference log-probs [N, L]."""
-    kl = kl_penalty(batch.rollout_logprobs, ref_logprobs, algo_cfg.kl_estimator) * batch.response_mask
-    return algo_cfg.kl_coef * kl.sum(dim=1).view(shape)
 
 
 def sampling_seed(base: int, step: int, round_: int = 0, part: int = 0) -> int:
