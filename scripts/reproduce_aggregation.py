@@ -281,8 +281,8 @@ def main() -> None:
     out = Path(args.out or f"bench/{experiment}")
     curves: dict[str, list[list[dict]]] = {}
     steps: dict[str, list[list[dict]]] = {}
-    for arm, (algo, extra) in arms.items():
-        for seed in args.seeds:
+    for seed in args.seeds:  # seeds outermost: a reproduction cut short has every arm on the same seeds
+        for arm, (algo, extra) in arms.items():
             run_dir = run_one(out, arm, algo, seed, [*extra, *overrides])
             curves.setdefault(arm, []).append(read_curve(run_dir))
             steps.setdefault(arm, []).append(read_steps(run_dir))
