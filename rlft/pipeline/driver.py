@@ -28,7 +28,7 @@ from rlft.pipeline.report import plot_curves
 from rlft.pipeline.shaping import GroupSampler, kl_reward_penalty
 from rlft.reward import RewardFailureError, check_failure_rate
 from rlft.rollout.streaming import GroupStream, score_groups
-from rlft.rollout.types import SamplingParams
+from rlft.rollout.types import SamplingParams, merge_engine_stats
 
 log = logging.getLogger("rlft")
 
@@ -57,6 +57,7 @@ class Trainer:
         self.eval_prompt_ids = [self._tokenize(r["prompt"]) for r in self.task.eval_rows]
         self.state = {"step": 0, "evals": [], "samples": 0, "tokens": 0, "train_seconds": 0.0}
         self.sampler = GroupSampler(cfg, self.task, self._tokenize, self.generate, self.score)
+        self.engine_stats: list[dict[str, float]] = []  # per worker and generate call, since the step began
 
     def _tokenize(self, text: str) -> list[int]:
         return self.tokenizer(text)["input_ids"]
@@ -66,7 +67,7 @@ class Trainer:
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams, stream: bool = False):
         """Groups for `prompt_ids` in prompt order, the prompts dealt evenly to the rollout workers; with
         `stream`, a GroupStream that yields each group the moment it completes (hand it to `score`)."""
-        groups = GroupStream(self.rollout, split_evenly(prompt_ids, len(self.rollout)), params)
+        groups = GroupStream(self.rollout, split_evenly(prompt_ids, len(self.rollout)), params, self.engine_stats)
         return groups if stream else groups.collect()
 
     def score(self, rows: list[dict], groups: list[list[dict]] | GroupStream) -> tuple[torch.Tensor, dict]:
@@ -96,8 +97,14 @@ class Trainer:
         cfg, r = self.cfg, self.cfg.rollout
         t0 = time.perf_counter()
         self.sampler.load_state_dict(self.state.get("sampler", {}))  # TPO arm statistics survive a resume
-        groups, metrics = self.sampler.draw(step)  # rollout and reward; TPO, overlong, dynamic sampling
+        self.engine_stats.clear()  # the evaluation's generate calls are not this step's
+        groups, metrics = self.sampler.draw(step)  # rollout and reward; TPO, overlong, group filtering
         t2 = time.perf_counter()
+        engine = {}
+        for stats in self.engine_stats:
+            engine = merge_engine_stats(engine, stats)
+        metrics.update({f"rollout/{k}": v for k, v in engine.items()})
+        self.state["rollout"] = merge_engine_stats(self.state.get("rollout", {}), engine)
         if len(groups):
             batch = build_train_batch(
                 groups.prompt_ids,
@@ -113,7 +120,7 @@ class Trainer:
             metrics.update(ray.get(self.learner.train_step.remote(batch)))
             t3 = time.perf_counter()
             self.sync_weights()
-        else:  # dynamic sampling found no group with unequal rewards: nothing to learn from this step
+        else:  # group filtering found no group with unequal rewards: nothing to learn from this step
             metrics["shaping/skipped_step"] = 1.0
             t3 = time.perf_counter()
         t4 = time.perf_counter()
@@ -125,7 +132,7 @@ class Trainer:
         rollout_s = self.sampler.timings["rollout"]
         metrics.update({
             "step": step,
-            "samples": self.state["samples"],  # generated so far, TPO's extra and dynamic sampling's refills included
+            "samples": self.state["samples"],  # generated so far, TPO's extra and group filtering's refills included
             "samples_scored": self.state["samples_scored"],  # of which scored by the target reward
             # rollout_s includes the target reward streamed during decoding; reward_s is reward time outside it
             "time/rollout_s": rollout_s, "time/reward_s": self.sampler.timings["reward"],
@@ -211,6 +218,8 @@ class Trainer:
             "final_accuracy": round(evals[-1]["eval/accuracy"], 4),
             "best_accuracy": round(max(e["eval/accuracy"] for e in evals), 4),
             "best_step": max(evals, key=lambda e: e["eval/accuracy"])["step"],
+            # engine statistics over the run's training rollouts, merged as in rlft.rollout.types.ENGINE_STATS
+            **{f"rollout/{k}": round(v, 4) for k, v in self.state.get("rollout", {}).items()},
             "peak_memory_mb": {
                 "learner": round(peaks[0] / 2**20),
                 "rollout": round(max(peaks[1 : 1 + len(self.rollout)]) / 2**20),

@@ -30,7 +30,7 @@ from typing import Iterator
 import torch
 
 from rlft.errors import UserError
-from rlft.rollout.length_predictor import GroupLengths, LengthPredictor
+from rlft.rollout.length_predictor import GroupLengths, LengthPredictor, prediction_stats
 from rlft.rollout.sampling import sample_key
 from rlft.rollout.scheduler import SlotScheduler
 from rlft.rollout.types import Completion, SamplingParams
@@ -98,8 +98,8 @@ class _Sample:
 class VLLMEngine:
     """Generates groups with vLLM; `llm` may be given (tests pass a stand-in with vLLM's interface).
 
-    `stats` describes the last generate_groups call from vLLM's own counters (engine steps, KV blocks in
-    use); `sync_stats` the last weight sync (bytes, seconds)."""
+    `stats()` describes the last generate_groups call, KV use read from vLLM's own scheduler; `sync_stats`
+    the last weight sync (bytes, tensors, seconds)."""
 
     def __init__(self, model_cfg, rollout_cfg, llm=None):
         if llm is None:
@@ -119,8 +119,14 @@ class VLLMEngine:
         self.rollout_cfg = rollout_cfg
         self.predictor = LengthPredictor()
         self.changes = ChangeTracker()
-        self.stats: dict = {}
-        self.sync_stats: dict = {}
+        self.counters: dict[str, float] = {}
+        self.length_predictions: list[tuple[float, int]] = []  # (predicted, actual) of the last call
+        self.sync_stats: dict[str, float] = {}
+
+    def stats(self) -> dict[str, float]:
+        """The last call's statistics (rlft.rollout.types.ENGINE_STATS); a vLLM engine step also runs the
+        prefill chunks it schedules, and counts as one decode step."""
+        return {**{k: float(v) for k, v in self.counters.items()}, **prediction_stats(self.length_predictions)}
 
     # --- weights ----------------------------------------------------------------------------------
 
@@ -169,8 +175,9 @@ class VLLMEngine:
             raise UserError(f"{e}; raise rollout.max_slots or pick rollout.scheduling=infinite") from None
         engine = self.llm.llm_engine
         kv = _KVMeter(engine)
-        self.stats = {"decode_steps": 0, "generated_tokens": 0, "requests": 0, "probe_tokens": split,
-                      "length_predictions": []}
+        self.counters = {"decode_steps": 0, "generated_tokens": 0, "requests": 0,
+                         "probe_tokens": split if length_aware else 0}
+        self.length_predictions = []
         unfinished = [params.n] * len(prompts)
 
         def submit(s: _Sample) -> None:
@@ -183,7 +190,7 @@ class VLLMEngine:
             vllm_params = VLLMParams(**request_params(params, budget, seed), output_kind=RequestOutputKind.FINAL_ONLY)
             engine.add_request(f"{s.group}-{s.index}-{len(s.tokens)}", {"prompt_token_ids": prompts[s.group] + s.tokens},
                                vllm_params)
-            self.stats["requests"] += 1
+            self.counters["requests"] += 1
 
         step = 0
         while not sched.done:
@@ -195,7 +202,7 @@ class VLLMEngine:
                 raise RuntimeError("the slot scheduler stalled: nothing runs, nothing can start")  # a bug
             outputs = engine.step()
             step += 1
-            self.stats["decode_steps"] += 1
+            self.counters["decode_steps"] += 1
             kv.sample()
             for output in outputs:
                 if not output.finished:
@@ -214,18 +221,18 @@ class VLLMEngine:
                         submit(s)  # the rest of the sample, in the slot it holds
                     continue
                 s.finish = "length" if result.finish_reason == "length" else "stop"
-                self.stats["generated_tokens"] += len(s.tokens)
+                self.counters["generated_tokens"] += len(s.tokens)
                 sched.finish(g, j, step)
                 unfinished[g] -= 1
                 if lengths is not None:
                     self.predictor.finished(lengths[g], s.features, len(s.tokens))
                     if s.predicted is not None:
-                        self.stats["length_predictions"].append((s.predicted, len(s.tokens)))
+                        self.length_predictions.append((s.predicted, len(s.tokens)))
                 if unfinished[g] == 0:
                     if lengths is not None:
                         self.predictor.learn(lengths[g])
                     yield g, [self._completion(c) for c in samples[g]]
-        self.stats.update(kv.summary())
+        self.counters.update(kv.summary())
 
     def _predict(self, s: _Sample, group: GroupLengths, params: SamplingParams) -> float:
         s.predicted = self.predictor.predict(group, s.features, params.max_new_tokens)
@@ -243,9 +250,10 @@ class _KVMeter:
     def __init__(self, engine):
         core = getattr(getattr(engine, "engine_core", None), "engine_core", None)
         self.scheduler = getattr(core, "scheduler", None)
-        cache = getattr(getattr(engine, "vllm_config", None), "cache_config", None)
+        config = getattr(engine, "vllm_config", None)
+        cache = getattr(config, "cache_config", None)
         self.blocks = getattr(cache, "num_gpu_blocks", None) or 0
-        self.block_size = getattr(cache, "block_size", None) or 0
+        self.block_bytes = kv_block_bytes(config) if self.scheduler is not None else 0
         self.peak = 0.0
 
     def sample(self) -> None:
@@ -255,9 +263,17 @@ class _KVMeter:
     def summary(self) -> dict:
         if self.scheduler is None or not self.blocks:
             return {}
-        return {"kv_blocks_peak": round(self.peak * self.blocks), "kv_block_tokens": self.block_size,
-                "kv_tokens_live_peak": round(self.peak * self.blocks) * self.block_size,
-                "kv_tokens_capacity": self.blocks * self.block_size}
+        return {"peak_kv_bytes": round(self.peak * self.blocks) * self.block_bytes, "kv_block_bytes": self.block_bytes,
+                "kv_capacity_bytes": self.blocks * self.block_bytes}
+
+
+def kv_block_bytes(vllm_config) -> int:
+    """Bytes of one vLLM KV block: keys and values of `block_size` tokens in every attention layer."""
+    model = vllm_config.model_config
+    layers = model.get_num_layers(vllm_config.parallel_config)
+    heads = model.get_num_kv_heads(vllm_config.parallel_config)
+    element = torch.tensor([], dtype=model.dtype).element_size() if isinstance(model.dtype, torch.dtype) else 2
+    return 2 * layers * heads * model.get_head_size() * vllm_config.cache_config.block_size * element
 
 
 def _sampled_logprobs(result) -> list[float]:
