@@ -73,6 +73,12 @@ class DataConfig(Section):
     system_prompt: str | None = Field(None, description="system message when chat_template is on")
     eval_size: int = Field(500, ge=1, description="held-out problems evaluated (counted in prompts)")
     max_prompt_tokens: int = Field(1024, ge=1, description="longer prompts are dropped from the data")
+    bad_rows: Literal["error", "skip"] = Field(
+        "error",
+        description="rows with a missing or empty prompt or answer, or a prompt that leaves the model's context no "
+                    "room for rollout.max_new_tokens: 'error' stops at start naming the first one, 'skip' drops them "
+                    "and reports how many",
+    )
     digits: int = Field(3, ge=1, le=9, description="arithmetic task: both operands have exactly this many digits")
 
 
@@ -257,6 +263,10 @@ class LearnerConfig(Section):
         "plain", description="'fused': log-probs from hidden states in vocabulary chunks (no full logits)"
     )
     vocab_chunk: int = Field(8192, ge=1, description="vocabulary chunk of the fused log-prob, counted in tokens")
+    weight_compression: Literal["none", "neuzip"] = Field(
+        "none", description="'neuzip': linear and embedding weights held losslessly compressed (entropy-coded "
+        "exponents, DESIGN 4.11), decompressed per layer in forward and backward; needs the rlft[neuzip] extra",
+    )
 
 
 class OptimConfig(Section):
@@ -274,6 +284,13 @@ class OptimConfig(Section):
     )
     flora_rank: int = Field(8, ge=1, description="Flora: rank r of the random projection")
     flora_kappa: int = Field(1000, ge=1, description="Flora: steps between momentum re-projections")
+    zo_eps: float = Field(1e-3, gt=0.0, description="zo: perturbation size ε of the SPSA estimate (DESIGN 4.10)")
+    zo_perturbations: int = Field(
+        1, ge=1, description="zo: perturbations K per optimizer step (2K forward passes; optim.grad_clip does not apply)"
+    )
+    zo_offload: bool = Field(
+        False, description="zo on CUDA: blocks live on the CPU and stream through the GPU (ZO2), the update deferred"
+    )
 
 
 class LoraConfig(Section):
@@ -302,10 +319,15 @@ class TrainConfig(Section):
     eval_accuracy_threshold: float = Field(
         1.0, description="a sample counts as correct (accuracy) when its reward reaches this value"
     )
+    max_nonfinite_steps: int = Field(
+        3, ge=0, description="steps in a row whose loss or gradient is NaN/inf (each skipped: no weight or optimizer "
+                             "change) tolerated; one more and the run saves a checkpoint and stops",
+    )
 
 
 class RayConfig(Section):
-    address: str | None = Field(None, description="join this Ray cluster (e.g. 'auto'); default: start a local one")
+    address: str | None = Field(None, description="join this Ray cluster (host:port of its GCS, or 'auto'); default: "
+                                "start a private local Ray that listens on loopback only")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray instance (default: all)")
     torch_threads: int | None = Field(None, ge=1, description="torch threads per actor (default: all cores)")
 
@@ -472,6 +494,8 @@ def check_rollout(cfg: RLConfig) -> None:
 def check_learner(cfg: RLConfig) -> None:
     """Refuse learner settings that would run but silently not do what they say."""
     ln = cfg.learner
+    if ln.weight_compression == "neuzip":
+        check_neuzip(cfg)
     if ln.backend == "torch":
         if ln.num_workers > 1:
             raise ConfigError(
@@ -488,7 +512,7 @@ def check_learner(cfg: RLConfig) -> None:
     from rlft.lora import LORA_KINDS
     from rlft.optim import OPTIMIZERS
 
-    zero_refuses = {"whole_matrices", "whole_gradients"}
+    zero_refuses = {"whole_matrices", "whole_gradients", "loss_closure"}
     for key, registry, name in (("optim.name", OPTIMIZERS, cfg.optim.name), ("lora.kind", LORA_KINDS, cfg.lora.kind)):
         for need in sorted(registry.needs(name) & zero_refuses):
             raise ConfigError(
@@ -500,6 +524,22 @@ def check_learner(cfg: RLConfig) -> None:
             "learner.logprobs=fused does not work with learner.zero_stage=3: it reads the output embedding outside "
             "the forward pass, where ZeRO-3 keeps only a slice; use learner.logprobs=plain or learner.zero_stage=2"
         )
+
+
+def check_neuzip(cfg: RLConfig) -> None:
+    """NeuZip swaps each layer's weight in for its forward; refuse the paths that read weights elsewhere."""
+    from rlft.optim import needs_backward
+
+    fix = "or set learner.weight_compression=none"
+    if cfg.learner.logprobs == "fused":
+        raise ConfigError("learner.weight_compression=neuzip does not work with learner.logprobs=fused: the fused "
+                          f"log-prob reads the LM head outside its forward; set learner.logprobs=plain, {fix}")
+    if not needs_backward(cfg.optim.name):
+        raise ConfigError(f"learner.weight_compression=neuzip does not work with optim.name={cfg.optim.name}: both "
+                          f"hand each layer its weights during its forward; use optim.name=adamw, {fix}")
+    if cfg.learner.backend != "torch":
+        raise ConfigError("learner.weight_compression=neuzip works with learner.backend=torch only: ZeRO partitions "
+                          f"the weights it would compress; set learner.backend=torch, {fix}")
 
 
 def resolve_config(
