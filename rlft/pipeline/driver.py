@@ -16,15 +16,17 @@ import ray
 import torch
 from tqdm import tqdm
 
+from rlft.algorithms.weight_stats import weight_statistics
 from rlft.config import RLConfig, config_to_yaml
 from rlft.data import build_task
 from rlft.errors import UserError
-from rlft.models.loading import load_tokenizer
+from rlft.models.loading import context_length, load_tokenizer
 from rlft.pipeline import checkpoint as ckpt
 from rlft.pipeline.actors import start_actors
 from rlft.pipeline.batch import build_step_batch
 from rlft.pipeline.learner_group import LearnerGroup
 from rlft.pipeline.loggers import Trackers
+from rlft.pipeline.ray_session import close_ray, ray_session
 from rlft.pipeline.report import plot_curves
 from rlft.pipeline.shaping import GroupSampler
 from rlft.reward import RewardFailureError, check_failure_rate
@@ -53,7 +55,9 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = run_dir
         self.tokenizer = load_tokenizer(cfg.model)
-        self.task = build_task(cfg.data, self.tokenizer, cfg.train.seed)
+        context = context_length(cfg.model)  # a prompt must leave room for the response in it
+        self.task = build_task(cfg.data, self.tokenizer, cfg.train.seed,
+                               None if context is None else context - cfg.rollout.max_new_tokens)
         self.rollout, self.rewarders, self.learner = start_actors(cfg)
         self.eval_prompt_ids = [self._tokenize(r["prompt"]) for r in self.task.eval_rows]
         self.state = {"step": 0, "evals": [], "samples": 0, "tokens": 0, "train_seconds": 0.0}
@@ -113,6 +117,9 @@ class Trainer:
                 reference=lambda b: ray.get(self.learner.reference_logprobs.remote(b)),
             )
             metrics.update(batch_metrics)
+            correct = groups.rewards >= cfg.train.eval_accuracy_threshold  # lengths and weights of right/wrong
+            lengths = batch.response_mask.sum(dim=1).view_as(correct)
+            metrics.update(weight_statistics(batch.weights, batch.advantages, lengths, correct))
             metrics.update(ray.get(self.learner.train_step.remote(batch)))
             t3 = time.perf_counter()
             self.sync_weights()
@@ -172,6 +179,7 @@ class Trainer:
                 if (cfg.train.eval_every and step % cfg.train.eval_every == 0) or last:
                     metrics.update(self._eval_now(step))
                 self._record(metrics_path, metrics)
+                self._check_nonfinite(step, metrics)
                 if (cfg.train.save_every and step % cfg.train.save_every == 0) or last:
                     self.save(step)
                 bar.update(1)
@@ -204,6 +212,19 @@ class Trainer:
         except RewardFailureError as e:
             path = self.save(step)
             raise RewardFailureError(f"step {step}: {e}. Checkpoint saved at {path}; resume with --resume {self.run_dir}") from None
+
+    def _check_nonfinite(self, step: int, metrics: dict) -> None:
+        """Past train.max_nonfinite_steps skipped NaN/inf steps in a row: save, then stop with a message."""
+        skipped = metrics.get("learner/nonfinite_steps", 0.0)
+        self.state["nonfinite_steps"] = self.state.get("nonfinite_steps", 0) + int(skipped)
+        self.state["nonfinite_streak"] = self.state.get("nonfinite_streak", 0) + 1 if skipped else 0
+        if self.state["nonfinite_streak"] > self.cfg.train.max_nonfinite_steps:
+            path = self.save(step)
+            raise UserError(
+                f"step {step}: the loss or gradient was NaN/inf in {self.state['nonfinite_streak']} steps in a row "
+                f"(train.max_nonfinite_steps={self.cfg.train.max_nonfinite_steps}); those updates were skipped. "
+                f"Lower optim.lr or raise optim.grad_clip; checkpoint saved at {path}; resume with --resume {self.run_dir}"
+            )
 
     def summary(self) -> dict:
         evals = self.state["evals"]
@@ -255,30 +276,6 @@ def make_run_dir(cfg: RLConfig) -> Path:
     return run_dir
 
 
-def ray_session(cfg: RLConfig) -> bool:
-    """Join `ray.address` or start a local Ray; returns whether this process started it."""
-    if ray.is_initialized():
-        return False
-    package_root = str(Path(__file__).resolve().parents[2])
-    env = {
-        "PYTHONPATH": os.pathsep.join(p for p in [package_root, os.environ.get("PYTHONPATH", "")] if p),
-        "TRANSFORMERS_VERBOSITY": "error",
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    kwargs = dict(runtime_env={"env_vars": env}, logging_level=logging.WARNING, log_to_driver=True)
-    if cfg.ray.address:
-        ray.init(address=cfg.ray.address, **kwargs)
-        return False
-    # Ray starts workers at niceness 15; our actors do the run's real work while the driver waits,
-    # so at that priority any other process on the machine (a build, a test) would starve them.
-    os.environ.setdefault("RAY_worker_niceness", "0")
-    if not torch.cuda.is_available():  # DeepSpeed (imported by transformers/peft) would warn in every actor
-        env["DS_ACCELERATOR"] = os.environ.get("DS_ACCELERATOR", "cpu")
-    ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, **kwargs)
-    return True
-
-
 def train(cfg: RLConfig, resume_dir: Path | None = None) -> dict:
     """Run (or resume) training; returns the summary, also saved as summary.json in the run folder."""
     started = time.perf_counter()
@@ -301,5 +298,4 @@ def train(cfg: RLConfig, resume_dir: Path | None = None) -> dict:
             learners = trainer.learner.workers if isinstance(trainer.learner, LearnerGroup) else [trainer.learner]
             for actor in [*learners, *trainer.rollout, *trainer.rewarders]:
                 ray.kill(actor)
-        if started_ray:
-            ray.shutdown()
+        close_ray(started_ray)
