@@ -95,7 +95,7 @@ class Learner:
             rows = (batch.minibatch == m).nonzero().flatten()
             if len(rows) == 0:
                 continue
-            if not needs_backward(cfg.optim.name):  # zeroth-order: forward passes only (DESIGN 4.10)
+            if not needs_backward(cfg.optim.name):  # zeroth-order: forward passes only (docs/methods.md#zeroth-order-update)
                 stats = zo_update(self, batch.select(rows), old[rows] if old is not None else None,
                                   ref[rows] if ref is not None else None)
                 self.scheduler.step()

@@ -2,7 +2,7 @@
 
 `GroupSampler.draw(step)` is the step's rollout and reward phase:
 
-- TPO (`transfer.sources`, DESIGN 4.3): per prompt a UCB-chosen arm; a source arm's group is
+- TPO (`transfer.sources`, docs/methods.md#transfer-tpo): per prompt a UCB-chosen arm; a source arm's group is
   G - r plain samples plus the r of N extra samples that source ranks highest.
 - Overlong handling (`algo.overlong`): truncated responses are masked out of the loss ('filter')
   or the reward pays a soft length penalty over the last part of the budget ('penalty', DAPO).
@@ -176,7 +176,7 @@ class GroupSampler:
     def _transfer_sample(self, rows, prompt_ids, params):
         """Per prompt an arm; null: G plain samples; a source: G - r plain + its top r of N extra samples.
 
-        DESIGN draws G + N and keeps G - r random ones of the first G; i.i.d. samples make the first
+        TPO draws G + N and keeps G - r random ones of the first G; i.i.d. samples make the first
         G - r exactly such a subset, so only G - r + N are drawn (and counted as generated).
         """
         t, g = self.cfg.transfer, params.n
