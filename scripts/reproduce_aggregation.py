@@ -134,7 +134,8 @@ def plot(curves: dict[str, list[list[dict]]], path: Path, x_keys: list[str], tit
     import matplotlib.pyplot as plt
     import numpy as np
 
-    labels = {"step": "training step", "samples": "samples generated", "samples_scored": "samples scored by the target"}
+    labels = {"step": "training step", "samples": "samples generated", "samples_scored": "samples scored by the target",
+              "seconds": "trainer wall seconds (summed step times)"}
     fig, axes = plt.subplots(1, len(x_keys), figsize=(6 * len(x_keys), 4), squeeze=False)
     for ax, key in zip(axes[0], x_keys):
         for arm, runs in curves.items():

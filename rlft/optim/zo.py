@@ -31,10 +31,15 @@ from rlft.optim.registry import OPTIMIZERS
 Perturb = Callable[[torch.Tensor], "torch.Tensor | None"]  # parameter -> the value it reads as (None: itself)
 
 
-def direction(seed: int, index: int, p: torch.Tensor) -> torch.Tensor:
-    """z ~ N(0, I) [p.shape] float32 of trainable tensor number `index` under perturbation seed `seed`."""
-    gen = torch.Generator(device=p.device).manual_seed(next_seed(seed * 1_000_003 + index))
-    return torch.randn(p.shape, generator=gen, device=p.device, dtype=torch.float32).to(_compute_dtype(p))
+def direction(seed: int, index: int, p: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+    """z ~ N(0, I) [p.shape] float32 of trainable tensor number `index` under perturbation seed `seed`.
+
+    Drawn on `device` (default p's): each device type has its own generator, so a tensor that moves
+    between CPU and GPU (ZO2) must draw its z on one fixed device.
+    """
+    gen = torch.Generator(device=device or p.device).manual_seed(next_seed(seed * 1_000_003 + index))
+    z = torch.randn(p.shape, generator=gen, device=device or p.device, dtype=torch.float32)
+    return z.to(device=p.device, dtype=_compute_dtype(p))
 
 
 def _compute_dtype(p: torch.Tensor) -> torch.dtype:
@@ -50,6 +55,7 @@ class ZerothOrder(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, eps=eps, weight_decay=weight_decay, perturbations=perturbations,
                                       seed=seed))
         self.index = {p: i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
+        self.rng_device: torch.device | None = None  # where z is drawn (None: on each tensor's device)
 
     def perturbation(self, seed: int, scale: float) -> Perturb:
         """Reads trainable p as p + scale·z(seed, p), in p's dtype (computed in at least float32)."""
@@ -58,7 +64,7 @@ class ZerothOrder(torch.optim.Optimizer):
             index = self.index.get(p)
             if index is None:
                 return None
-            return (p.to(_compute_dtype(p)) + scale * direction(seed, index, p)).to(p.dtype)
+            return (p.to(_compute_dtype(p)) + scale * direction(seed, index, p, self.rng_device)).to(p.dtype)
 
         return value
 
@@ -95,7 +101,7 @@ class ZerothOrder(torch.optim.Optimizer):
         index, count = self.index[p], len(update["seeds"])
         delta = torch.zeros(p.shape, dtype=_compute_dtype(p), device=p.device)
         for seed, g in zip(update["seeds"], update["grads"]):
-            delta.add_(direction(seed, index, p), alpha=g / count)
+            delta.add_(direction(seed, index, p, self.rng_device), alpha=g / count)
         p32 = p.to(delta.dtype)
         if p.dim() >= 2 and update["weight_decay"]:
             delta.add_(p32, alpha=update["weight_decay"])

@@ -45,6 +45,7 @@ class ZO2Offload:
 
     def __init__(self, model: nn.Module, optimizer: ZerothOrder, device: torch.device):
         self.model, self.optimizer, self.device = model, optimizer, torch.device(device)
+        optimizer.rng_device = self.device  # z drawn on the device, whether its tensor sits there or on the CPU
         decoder = model.get_decoder()
         self.blocks = list(decoder.layers)
         self.resident = [decoder.embed_tokens, decoder.rotary_emb, decoder.norm, model.get_output_embeddings()]
@@ -135,6 +136,7 @@ class ZO2Offload:
         self.pending = update
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+        opt._opt_called = True  # type: ignore[attr-defined]  # a step taken: the LR scheduler checks this flag
         return opt.finish_step(plus, minus)
 
     @torch.no_grad()
