@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -99,6 +100,10 @@ class Learner:
             stats = self.accumulate_gradients(
                 batch.select(rows), old[rows] if old is not None else None, ref[rows] if ref is not None else None
             )
+            if not self._finite(stats):  # a NaN/inf loss or gradient: no weight, optimizer or schedule change
+                self.optimizer.zero_grad(set_to_none=True)
+                merge_stats(totals, {"nonfinite_steps": 1.0})
+                continue
             if self.lora:  # PoLAR's landing field, RefLoRA's preconditioning: on the summed gradient
                 lora_before_step(self.model, self.optimizer, self.optimizer_steps)
             stats["grad_norm"] = self._clip_gradients()
@@ -108,10 +113,21 @@ class Learner:
             merge_stats(totals, stats)
         return self._step_metrics(totals, start)
 
+    def _finite(self, stats: dict[str, float]) -> bool:
+        """Whether the mini-batch's loss and every gradient are finite (checked before anything uses them)."""
+        if not math.isfinite(stats.get("pg_loss", 0.0)):
+            return False
+        grads = [p.grad.detach() for p in self.params if p.grad is not None]
+        return not grads or bool(torch.isfinite(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))))
+
     def _step_metrics(self, totals: dict[str, float], start: float) -> dict[str, float]:
-        """A batch's statistics summed over its optimizer steps -> per-step means (ratio_max: the largest)."""
+        """A batch's statistics summed over its optimizer steps -> per-step means (ratio_max: the largest;
+        nonfinite_steps: the count of optimizer steps skipped for a NaN/inf loss or gradient)."""
         steps = self.cfg.algo.num_minibatches
-        metrics = {f"learner/{k}": (v if k == "ratio_max" else v / steps) for k, v in totals.items()}
+        skipped = totals.pop("nonfinite_steps", 0.0)
+        steps_taken = max(1, steps - int(skipped))
+        metrics = {f"learner/{k}": (v if k == "ratio_max" else v / steps_taken) for k, v in totals.items()}
+        metrics["learner/nonfinite_steps"] = skipped
         metrics["learner/lr"] = self.scheduler.get_last_lr()[0]
         metrics["time/learner_s"] = time.perf_counter() - start
         return metrics

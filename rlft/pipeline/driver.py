@@ -16,10 +16,11 @@ import ray
 import torch
 from tqdm import tqdm
 
+from rlft.algorithms.weight_stats import weight_statistics
 from rlft.config import RLConfig, config_to_yaml
 from rlft.data import build_task
 from rlft.errors import UserError
-from rlft.models.loading import load_tokenizer
+from rlft.models.loading import context_length, load_tokenizer
 from rlft.pipeline import checkpoint as ckpt
 from rlft.pipeline.actors import start_actors
 from rlft.pipeline.batch import assign_advantages, build_train_batch
@@ -53,7 +54,9 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = run_dir
         self.tokenizer = load_tokenizer(cfg.model)
-        self.task = build_task(cfg.data, self.tokenizer, cfg.train.seed)
+        context = context_length(cfg.model)  # a prompt must leave room for the response in it
+        self.task = build_task(cfg.data, self.tokenizer, cfg.train.seed,
+                               None if context is None else context - cfg.rollout.max_new_tokens)
         self.rollout, self.rewarders, self.learner = start_actors(cfg)
         self.eval_prompt_ids = [self._tokenize(r["prompt"]) for r in self.task.eval_rows]
         self.state = {"step": 0, "evals": [], "samples": 0, "tokens": 0, "train_seconds": 0.0}
@@ -118,6 +121,9 @@ class Trainer:
                 penalty = kl_reward_penalty(batch, ref, cfg.algo, tuple(groups.rewards.shape))
                 assign_advantages(batch, groups.rewards - penalty, cfg.algo, r.max_new_tokens, groups.keep)
                 metrics["reward/kl_penalty"] = float(penalty.mean())
+            correct = groups.rewards >= cfg.train.eval_accuracy_threshold  # lengths and weights of right/wrong
+            lengths = batch.response_mask.sum(dim=1).view_as(correct)
+            metrics.update(weight_statistics(batch.weights, batch.advantages, lengths, correct))
             metrics.update(ray.get(self.learner.train_step.remote(batch)))
             t3 = time.perf_counter()
             self.sync_weights()
@@ -177,6 +183,7 @@ class Trainer:
                 if (cfg.train.eval_every and step % cfg.train.eval_every == 0) or last:
                     metrics.update(self._eval_now(step))
                 _append_jsonl(metrics_path, metrics)
+                self._check_nonfinite(step, metrics)
                 if (cfg.train.save_every and step % cfg.train.save_every == 0) or last:
                     self.save(step)
                 bar.update(1)
@@ -204,6 +211,19 @@ class Trainer:
         except RewardFailureError as e:
             path = self.save(step)
             raise RewardFailureError(f"step {step}: {e}. Checkpoint saved at {path}; resume with --resume {self.run_dir}") from None
+
+    def _check_nonfinite(self, step: int, metrics: dict) -> None:
+        """Past train.max_nonfinite_steps skipped NaN/inf steps in a row: save, then stop with a message."""
+        skipped = metrics.get("learner/nonfinite_steps", 0.0)
+        self.state["nonfinite_steps"] = self.state.get("nonfinite_steps", 0) + int(skipped)
+        self.state["nonfinite_streak"] = self.state.get("nonfinite_streak", 0) + 1 if skipped else 0
+        if self.state["nonfinite_streak"] > self.cfg.train.max_nonfinite_steps:
+            path = self.save(step)
+            raise UserError(
+                f"step {step}: the loss or gradient was NaN/inf in {self.state['nonfinite_streak']} steps in a row "
+                f"(train.max_nonfinite_steps={self.cfg.train.max_nonfinite_steps}); those updates were skipped. "
+                f"Lower optim.lr or raise optim.grad_clip; checkpoint saved at {path}; resume with --resume {self.run_dir}"
+            )
 
     def summary(self) -> dict:
         evals = self.state["evals"]
