@@ -517,6 +517,11 @@ def check_rollout(cfg: RLConfig) -> None:
 def check_learner(cfg: RLConfig) -> None:
     """Refuse learner settings that would run but silently not do what they say."""
     ln = cfg.learner
+    from rlft.optim import needs_backward
+
+    if cfg.optim.zo_offload and needs_backward(cfg.optim.name):
+        raise ConfigError(f"optim.zo_offload=true is ZO2 offloading of the zeroth-order optimizer, but "
+                          f"optim.name={cfg.optim.name}: set optim.name=zo, or optim.zo_offload=false")
     if ln.weight_compression == "neuzip":
         check_neuzip(cfg)
     if ln.backend == "torch":
