@@ -207,7 +207,8 @@ def plot(curves: dict[str, list[list[dict]]], path: Path, x_keys: list[str], tit
     import matplotlib.pyplot as plt
     import numpy as np
 
-    labels = {"step": "training step", "samples": "samples generated", "samples_scored": "samples scored by the target"}
+    labels = {"step": "training step", "samples": "samples generated", "samples_scored": "samples scored by the target",
+              "seconds": "trainer wall seconds (summed step times)"}
     panels = len(x_keys) + (steps is not None)
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
     for ax, key in zip(axes[0], x_keys):
@@ -281,8 +282,8 @@ def main() -> None:
     out = Path(args.out or f"bench/{experiment}")
     curves: dict[str, list[list[dict]]] = {}
     steps: dict[str, list[list[dict]]] = {}
-    for arm, (algo, extra) in arms.items():
-        for seed in args.seeds:
+    for seed in args.seeds:  # seeds outermost: a reproduction cut short has every arm on the same seeds
+        for arm, (algo, extra) in arms.items():
             run_dir = run_one(out, arm, algo, seed, [*extra, *overrides])
             curves.setdefault(arm, []).append(read_curve(run_dir))
             steps.setdefault(arm, []).append(read_steps(run_dir))
