@@ -16,18 +16,20 @@ import ray
 import torch
 from tqdm import tqdm
 
+from rlft.algorithms.weight_stats import weight_statistics
 from rlft.config import RLConfig, config_to_yaml
 from rlft.data import build_task
 from rlft.errors import UserError
 from rlft.models.loading import context_length, load_tokenizer
 from rlft.pipeline import checkpoint as ckpt
 from rlft.pipeline.actors import start_actors
-from rlft.pipeline.batch import assign_advantages, build_train_batch
+from rlft.pipeline.batch import build_step_batch
 from rlft.pipeline.faults import LearnerLost, learner_get
 from rlft.pipeline.learner_group import LearnerGroup
+from rlft.pipeline.loggers import Trackers
 from rlft.pipeline.ray_session import close_ray, ray_session
 from rlft.pipeline.report import plot_curves
-from rlft.pipeline.shaping import GroupSampler, kl_reward_penalty
+from rlft.pipeline.shaping import GroupSampler
 from rlft.reward import RewardFailureError, check_failure_rate
 from rlft.rollout.streaming import WORKER_LOST, GroupStream, WorkerWatch, score_groups, wait_until_serving
 from rlft.rollout.types import SamplingParams, merge_engine_stats
@@ -78,6 +80,7 @@ class Trainer:
         self.weights = None  # ref to the weights the rollout workers hold (a restarted one gets them again)
         self.sampler = GroupSampler(cfg, self.task, self._tokenize, self.generate, self.score)
         self.engine_stats: list[dict[str, float]] = []  # per worker and generate call, since the step began
+        self.trackers = Trackers(cfg.train.loggers, run_dir, cfg.model_dump(mode="json"))
 
     @staticmethod
     def _initial_state() -> dict:
@@ -164,20 +167,17 @@ class Trainer:
         self.state["rollout"] = merge_engine_stats(self.state.get("rollout", {}), engine)
         if len(groups):
             self._check_learner()
-            batch = build_train_batch(
-                groups.prompt_ids,
-                [[c["token_ids"] for c in g] for g in groups.completions],
-                [[c["logprobs"] for c in g] for g in groups.completions],
-                groups.rewards, cfg.algo, r.max_new_tokens, self.tokenizer.pad_token_id, keep=groups.keep,
+            timeout = cfg.train.worker_timeout_s
+            batch, batch_metrics = build_step_batch(  # advantages, once (after a KL reward penalty)
+                groups, cfg.algo, r.max_new_tokens, self.tokenizer.pad_token_id,
+                reference=lambda b: learner_get(self.learner.reference_logprobs.remote(b), self.learner,
+                                                "reference log-probs", timeout),
             )
-            if cfg.algo.kl_coef > 0 and cfg.algo.kl_mode == "reward":  # the penalty enters before the advantages
-                ref = learner_get(self.learner.reference_logprobs.remote(batch), self.learner, "reference log-probs",
-                                  cfg.train.worker_timeout_s)
-                penalty = kl_reward_penalty(batch, ref, cfg.algo, tuple(groups.rewards.shape))
-                assign_advantages(batch, groups.rewards - penalty, cfg.algo, r.max_new_tokens, groups.keep)
-                metrics["reward/kl_penalty"] = float(penalty.mean())
-            metrics.update(learner_get(self.learner.train_step.remote(batch), self.learner, "learner step",
-                                       cfg.train.worker_timeout_s))
+            metrics.update(batch_metrics)
+            correct = groups.rewards >= cfg.train.eval_accuracy_threshold  # lengths and weights of right/wrong
+            lengths = batch.response_mask.sum(dim=1).view_as(correct)
+            metrics.update(weight_statistics(batch.weights, batch.advantages, lengths, correct))
+            metrics.update(learner_get(self.learner.train_step.remote(batch), self.learner, "learner step", timeout))
             t3 = time.perf_counter()
             self.sync_weights()
         else:  # group filtering found no group with unequal rewards: nothing to learn from this step
@@ -279,7 +279,7 @@ class Trainer:
             last = step == cfg.train.steps
             if (cfg.train.eval_every and step % cfg.train.eval_every == 0) or last:
                 metrics.update(self._eval_now(step))
-            _append_jsonl(metrics_path, metrics)
+            self._record(metrics_path, metrics)
             self.updating = False  # step `step` is finished: state, weights and its metrics record agree
             self._check_nonfinite(step, metrics)
             if (cfg.train.save_every and step % cfg.train.save_every == 0) or last:
@@ -332,7 +332,12 @@ class Trainer:
 
     def _record_eval(self, step: int, metrics_path: Path) -> None:
         result = self._eval_now(step)
-        _append_jsonl(metrics_path, {"step": step, **result})
+        self._record(metrics_path, {"step": step, **result})
+
+    def _record(self, metrics_path: Path, record: dict) -> None:
+        """One record into metrics.jsonl and, under the same names, every tracker of train.loggers."""
+        _append_jsonl(metrics_path, record)
+        self.trackers.log(record)
 
     def _check_reward_failures(self, step: int, metrics: dict) -> None:
         """Past reward.max_failure_rate: save what was learned, then stop with the reward's error."""
@@ -436,6 +441,8 @@ def train(cfg: RLConfig, resume_dir: Path | None = None) -> dict:
         plot_curves(run_dir)
         return summary
     finally:
+        if trainer is not None:
+            trainer.trackers.close()
         if trainer is not None and not started_ray:  # on a shared cluster, remove only our actors
             learners = trainer.learner.workers if isinstance(trainer.learner, LearnerGroup) else [trainer.learner]
             for actor in [*learners, *trainer.rollout, *trainer.rewarders]:
