@@ -360,7 +360,7 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [name for name in ("optimizer_state", "learner_step", "fused_logprob") if results.get(name)]
+    panels = [name for name in ("optimizer_state", "learner_step", "fused_logprob", "neuzip") if results.get(name)]
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(6.5 * max(1, len(panels)), 4.5), squeeze=False)
     for ax, name in zip(axes[0], panels):
         rows = results[name]
@@ -381,6 +381,13 @@ def plot(results: dict, path: Path) -> None:
             else:
                 ax.set_ylabel("peak / full fine-tuning with fp32 AdamW")
                 ax.set_title("learner peak memory over a training step")
+        elif name == "neuzip":
+            labels = [f"{r['model']}\n{r['dtype']}" for r in rows]
+            ax.bar(range(len(rows)), [r["model_vs_raw"] for r in rows], color="tab:green")
+            ax.axhline(0.75, color="gray", ls="--", lw=1, label="0.75x target (bf16)")
+            ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=7)
+            ax.set_ylabel("weights held / uncompressed (same dtype)")
+            ax.set_title("NeuZip: lossless weight compression")
         else:
             vocabs = sorted({r["vocab"] for r in rows})
             for path_name in ("plain", "fused"):
