@@ -57,7 +57,8 @@ def model_configs(args) -> dict:
                            num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True)
     large = Qwen2Config(vocab_size=args.large_vocab, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
                         num_attention_heads=12, num_key_value_heads=4, tie_word_embeddings=True)
-    return {"tiny": tiny, "qwen2-100m": large}
+    models = {"tiny": tiny, "qwen2-100m": large}
+    return {name: config for name, config in models.items() if name in (args.models or models)}
 
 
 def bench_optimizer_state(args) -> list[dict]:
@@ -423,6 +424,7 @@ def main() -> None:
     p.add_argument("--learner-groups", type=int, default=2, help="learner_step: prompts per batch (G = 8 each)")
     p.add_argument("--learner-response-tokens", type=int, default=96, help="learner_step: tokens per response")
     p.add_argument("--learner-micro-batch", type=int, default=8, help="learner_step: learner.micro_batch_size")
+    p.add_argument("--models", nargs="+", choices=["tiny", "qwen2-100m"], help="only these models (default both)")
     p.add_argument("--learner-cases", nargs="+", metavar="OPTIMIZER/LORA",
                    help="learner_step: only these cases (e.g. zo/none adamw+neuzip/lora) besides the adamw/none baseline")
     p.add_argument("--smollm-gguf", default=SMOLLM_GGUF,
