@@ -185,7 +185,9 @@ class AlgoConfig(Section):
         description="divide centred rewards by the group's std, the batch's std or nothing "
         "(default: the estimator's own: grpo group, reinforce++ batch, dr-grpo and rloo none)",
     )
-    aggregation: str = Field("balanced", description="how per-token losses are summed (DESIGN 4.2)")
+    aggregation: str = Field(
+        "balanced", description="how per-token losses are summed (docs/methods.md#aggregation)"
+    )
     std_eps: float = Field(1e-6, ge=0.0, description="epsilon added to the reward std (advantage_scale group/batch)")
     policy_loss: str = Field(
         "ppo-clip", description="per-token policy-gradient loss (listed in --help): 'ppo-clip' is PPO's clipped surrogate"
@@ -239,7 +241,7 @@ class AlgoConfig(Section):
 
 
 class TransferConfig(Section):
-    """Transfer-learning RLHF (TPO, DESIGN 4.3): imperfect source rewards pick extra samples into groups."""
+    """Transfer-learning RLHF (TPO, docs/methods.md#transfer-tpo): imperfect source rewards pick extra samples."""
 
     sources: list[RewardSpec] = Field(
         default_factory=list,
@@ -268,7 +270,7 @@ class LearnerConfig(Section):
     vocab_chunk: int = Field(8192, ge=1, description="vocabulary chunk of the fused log-prob, counted in tokens")
     weight_compression: Literal["none", "neuzip"] = Field(
         "none", description="'neuzip': linear and embedding weights held losslessly compressed (entropy-coded "
-        "exponents, DESIGN 4.11), decompressed per layer in forward and backward; needs the rlft[neuzip] extra",
+        "exponents, docs/methods.md#neuzip), decompressed per layer in forward and backward; needs the rlft[neuzip] extra",
     )
 
 
@@ -287,7 +289,9 @@ class OptimConfig(Section):
     )
     flora_rank: int = Field(8, ge=1, description="Flora: rank r of the random projection")
     flora_kappa: int = Field(1000, ge=1, description="Flora: steps between momentum re-projections")
-    zo_eps: float = Field(1e-3, gt=0.0, description="zo: perturbation size ε of the SPSA estimate (DESIGN 4.10)")
+    zo_eps: float = Field(
+        1e-3, gt=0.0, description="zo: perturbation size ε of the SPSA estimate (docs/methods.md#zeroth-order-update)"
+    )
     zo_perturbations: int = Field(
         1, ge=1, description="zo: perturbations K per optimizer step (2K forward passes; optim.grad_clip does not apply)"
     )
@@ -326,6 +330,22 @@ class TrainConfig(Section):
         3, ge=0, description="steps in a row whose loss or gradient is NaN/inf (each skipped: no weight or optimizer "
                              "change) tolerated; one more and the run saves a checkpoint and stops",
     )
+    loggers: list[Literal["jsonl", "tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["jsonl"],
+        description="where metrics go, under the same names: metrics.jsonl always; also 'tensorboard' "
+        "(RUN_DIR/tensorboard), 'wandb' (offline run in RUN_DIR/wandb) and 'mlflow' (SQLite store RUN_DIR/mlflow.db, "
+        "or $MLFLOW_TRACKING_URI); each needs its extra, e.g. pip install 'rlft[wandb]'",
+    )
+
+    @field_validator("loggers")
+    @classmethod
+    def _tracker_installed(cls, value: list[str]) -> list[str]:
+        # the package each tracker imports ('tensorboard' is what torch.utils.tensorboard needs)
+        for name in value:
+            if name != "jsonl" and importlib.util.find_spec(name) is None:
+                raise ValueError(f"logger {name!r} needs the {name} package: pip install 'rlft[{name}]', "
+                                 f"or drop it from train.loggers")
+        return value
 
 
 class RayConfig(Section):

@@ -188,7 +188,7 @@ def bench_fused_logprob(args) -> list[dict]:
 LEARNER_CASES = [("adamw", "none"), ("adamw-4bit", "none"), ("adamw-4bit-factor", "none"), ("flora", "none"),
                  ("adamw", "lora"), ("adamw", "polar"), ("adamw", "reflora"), ("adamw", "reflora-s"), ("zo", "none"),
                  ("adamw+neuzip", "none"), ("adamw+neuzip", "lora")]
-# "<optimizer>+neuzip": that optimizer with learner.weight_compression=neuzip (DESIGN 4.11)
+# "<optimizer>+neuzip": that optimizer with learner.weight_compression=neuzip (docs/methods.md#neuzip)
 
 
 def measure_learner_child(spec: dict) -> dict:

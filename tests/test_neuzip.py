@@ -1,4 +1,4 @@
-"""learner.weight_compression=neuzip (DESIGN 4.11): exact round trip, compression, bit-identical training steps."""
+"""learner.weight_compression=neuzip (docs/methods.md#neuzip): exact round trip, compression, bit-identical training steps."""
 
 from __future__ import annotations
 

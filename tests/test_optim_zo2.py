@@ -1,4 +1,4 @@
-"""optim.zo_offload (ZO2, DESIGN 4.10): the block schedule and the deferred update, on CPU (no GPU here)."""
+"""optim.zo_offload (ZO2, docs/methods.md#zeroth-order-update): the block schedule and the deferred update, on CPU (no GPU here)."""
 
 from __future__ import annotations
 

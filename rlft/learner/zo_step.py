@@ -1,4 +1,4 @@
-"""The learner's zeroth-order update (DESIGN 4.10): the RL surrogate at θ ± εz by forward passes only.
+"""The learner's zeroth-order update (docs/methods.md#zeroth-order-update): the RL surrogate at θ ± εz by forward passes only.
 
 The loss is the first-order path's (rlft/learner/loss.py: same advantages, aggregation weights,
 clipping, KL and entropy terms) with π_old = the behaviour log-probs from the rollout (or the

@@ -1,4 +1,4 @@
-"""Zeroth-order optimizer (MeZO-SGD; ZO2, L. Wang et al., arXiv 2503.12668; DESIGN 4.10): 'zo'.
+"""Zeroth-order optimizer (MeZO-SGD; ZO2, L. Wang et al., arXiv 2503.12668; docs/methods.md#zeroth-order-update): 'zo'.
 
 No backward pass and no optimizer state. Per step and per perturbation k = 1..K a seed s_k; the
 direction z_k ~ N(0, I) of every trainable tensor is regenerated from (s_k, the tensor's index)
@@ -167,7 +167,7 @@ def perturbed(model: nn.Module, trainable: Container[torch.Tensor], perturb: Per
 
 @OPTIMIZERS.register("zo", needs={"loss_closure"})  # the learner hands it a closure of the surrogate
 def build_zo(params: Iterable, cfg) -> torch.optim.Optimizer:
-    """Zeroth-order SPSA (MeZO-SGD): K = `zo_perturbations` perturbations of size `zo_eps` (DESIGN 4.10)."""
+    """Zeroth-order SPSA (MeZO-SGD): K = `zo_perturbations` perturbations of size `zo_eps` (docs/methods.md#zeroth-order-update)."""
     seed = int(torch.randint(0, 2**62, (1,)))  # from the run's seed (the learner seeds torch first)
     return ZerothOrder(params, lr=cfg.lr, eps=cfg.zo_eps, weight_decay=cfg.weight_decay,
                        perturbations=cfg.zo_perturbations, seed=seed)

@@ -1,4 +1,4 @@
-"""ZO2 offloading (L. Wang et al., arXiv 2503.12668; DESIGN 4.10): `optim.zo_offload=true`.
+"""ZO2 offloading (L. Wang et al., arXiv 2503.12668; docs/methods.md#zeroth-order-update): `optim.zo_offload=true`.
 
 The transformer blocks live on the CPU; embeddings, rotary tables, the final norm and the LM head
 stay on the device. A step walks the blocks once, on three streams, in ticks (`block_schedule`):
