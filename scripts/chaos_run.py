@@ -101,7 +101,7 @@ def disturbed_run(args, rng: random.Random) -> dict:
     kill_steps = sorted(rng.randint(1, max(1, args.steps - 1)) for _ in range(args.kills))
     whole_run_at = max(1, args.steps // 2)
     proc = launch(args, "chaos", marker)
-    resumed = False
+    resumed, retries = False, 0
     while True:
         done = steps_done(run_dir)
         if kill_steps and done >= kill_steps[0]:
@@ -120,9 +120,20 @@ def disturbed_run(args, rng: random.Random) -> dict:
             marker = f"chaos-{os.getpid()}-{time.time_ns()}"
             proc = launch(args, "chaos", marker, resume=run_dir)
         if proc.poll() is not None:
+            if proc.returncode != 0 and startup_failed(args.runs / "chaos.log") and retries < 3:
+                retries += 1  # Ray gives its processes 30 s to start: on an overloaded machine, try again
+                marker = f"chaos-{os.getpid()}-{time.time_ns()}"
+                proc = launch(args, "chaos", marker, resume=run_dir)
+                continue
             break
         time.sleep(0.2)
-    return {"returncode": proc.returncode, "run_dir": str(run_dir), "injected": injected}
+    return {"returncode": proc.returncode, "run_dir": str(run_dir), "injected": injected, "startup_retries": retries}
+
+
+def startup_failed(log: Path) -> bool:
+    """Whether the last attempt logged in `log` stopped because the local Ray did not start in time."""
+    tail = log.read_text(errors="replace")[-3000:]
+    return "the local Ray did not start" in tail or "timed out during startup" in tail
 
 
 def records(run_dir: Path) -> dict[int, dict]:
@@ -158,7 +169,10 @@ def main() -> int:
 
     started = time.perf_counter()
     clean = launch(args, "clean", f"clean-{os.getpid()}")
-    clean.wait()
+    for _ in range(3):  # see startup_failed
+        if clean.wait() == 0 or not startup_failed(args.runs / "clean.log"):
+            break
+        clean = launch(args, "clean", f"clean-{os.getpid()}", resume=args.runs / "clean")
     if clean.returncode != 0:
         print(f"the undisturbed run failed (exit {clean.returncode}); see {args.runs / 'clean.log'}")
         return 1
@@ -174,6 +188,7 @@ def main() -> int:
         "faults_injected": chaos["injected"],
         "restarts_seen_after_last_resume": faults,
         "chaos_exit_code": chaos["returncode"],
+        "startup_retries": chaos["startup_retries"],
         "steps_completed": chaos_summary.get("steps"),
         "final_accuracy": chaos_summary.get("final_accuracy"),
         "final_accuracy_undisturbed": clean_summary["final_accuracy"],

@@ -61,7 +61,6 @@ def ray_session(cfg: RLConfig) -> bool:
             ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, _temp_dir=_private_dir,
                      **kwargs)
         except Exception as e:  # Ray raises a bare Exception when its processes do not start in time
-            shutil.rmtree(_private_dir, ignore_errors=True)
             raise UserError(f"the local Ray did not start ({str(e).strip().splitlines()[0]}); on a busy machine try "
                             f"again, and see its logs under {tempfile.gettempdir()}/rlft-ray-*") from None
     return True
