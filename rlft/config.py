@@ -33,7 +33,9 @@ class Section(BaseModel):
 class ModelConfig(Section):
     path: str = Field(
         "embedded",
-        description="'embedded' (the tiny model shipped in rlft), a local Hugging Face model folder, or a hub id",
+        description="'embedded' (the tiny model shipped in rlft), a local Hugging Face model folder, a hub id, or a GGUF "
+        "file (a .gguf path, or package:NAME/FILE.gguf inside an installed package), converted once to a cached HF "
+        "folder ($RLFT_CACHE, default ~/.cache/rlft)",
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="parameter dtype of the policy on the learner and the rollout engine"
@@ -226,10 +228,17 @@ class LearnerConfig(Section):
     num_workers: int = Field(1, ge=1, description="data-parallel learner actors (deepspeed backend)")
     zero_stage: int = Field(2, ge=0, le=3, description="DeepSpeed ZeRO stage")
     micro_batch_size: int = Field(64, ge=1, description="sequences per forward/backward pass")
+    max_tokens_per_micro_batch: int | None = Field(
+        2048, ge=1,
+        description="padded tokens (rows x longest row) per forward/backward pass at most, so memory does not grow "
+        "with response length; a longer single row is its own pass (None: rows only, learner.micro_batch_size)",
+    )
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:i]'")
     gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
-    logprobs: Literal["plain", "fused"] = Field(
-        "plain", description="'fused': log-probs from hidden states in vocabulary chunks (no full logits)"
+    logprobs: Literal["auto", "plain", "fused"] = Field(
+        "auto",
+        description="'fused': log-probs from hidden states in vocabulary chunks (no full logits); 'auto': fused where "
+        "the vocabulary makes the plain [tokens, vocab] logits the memory peak (rlft.learner.logprobs.use_fused_logprobs)",
     )
     vocab_chunk: int = Field(8192, ge=1, description="vocabulary chunk of the fused log-prob, counted in tokens")
 

@@ -1,4 +1,4 @@
-"""Model and tokenizer loading: the embedded tiny model, a local HF folder or a hub id."""
+"""Model and tokenizer loading: the embedded tiny model, a local HF folder, a GGUF file or a hub id."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from rlft.errors import UserError
+from rlft.models.gguf import gguf_to_hf, is_gguf_path
 
 EMBEDDED_MODEL_DIR = Path(__file__).parent / "tiny"
 
@@ -14,7 +15,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def resolve_model_path(path: str) -> str:
-    """'embedded' -> the shipped tiny model's folder; anything else is passed to transformers as is."""
+    """'embedded' -> the shipped tiny model's folder; a GGUF file -> its converted HF folder; else as is."""
     if path == "embedded":
         if not (EMBEDDED_MODEL_DIR / "config.json").is_file():
             raise UserError(
@@ -22,6 +23,8 @@ def resolve_model_path(path: str) -> str:
                 "`python scripts/make_tiny_model.py` or reinstall rlft"
             )
         return str(EMBEDDED_MODEL_DIR)
+    if is_gguf_path(path):
+        return gguf_to_hf(path)
     return path
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from datetime import datetime
 from pathlib import Path
@@ -284,6 +285,10 @@ def train(cfg: RLConfig, resume_dir: Path | None = None) -> dict:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         plot_curves(run_dir)
         return summary
+    except BaseException:
+        if resume_dir is None and not (run_dir / "metrics.jsonl").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)  # a run that never started leaves no folder behind
+        raise
     finally:
         if trainer is not None and not started_ray:  # on a shared cluster, remove only our actors
             learners = trainer.learner.workers if isinstance(trainer.learner, LearnerGroup) else [trainer.learner]
