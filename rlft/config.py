@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rlft.errors import ConfigError
-from rlft.registry import closest, unknown_choice_message
+from rlft.registry import NEEDS, closest, unknown_choice_message
 
 
 class Section(BaseModel):
@@ -160,7 +160,7 @@ class RewardConfig(Section):
 
 class AlgoConfig(Section):
     name: str = Field("grpo-ba", description="the preset this run started from (see --help)")
-    advantage: str = Field("grpo", description="advantage estimator")
+    advantage: str = Field("grpo", description="advantage estimator (listed in --help)")
     advantage_scale: Literal["group", "batch", "none"] | None = Field(
         None,
         description="divide centred rewards by the group's std, the batch's std or nothing "
@@ -168,12 +168,17 @@ class AlgoConfig(Section):
     )
     aggregation: str = Field("balanced", description="how per-token losses are summed (DESIGN 4.2)")
     std_eps: float = Field(1e-6, ge=0.0, description="epsilon added to the reward std (advantage_scale group/batch)")
+    policy_loss: str = Field(
+        "ppo-clip", description="per-token policy-gradient loss (listed in --help): 'ppo-clip' is PPO's clipped surrogate"
+    )
     ratio_level: Literal["token", "sequence"] = Field(
         "token", description="importance ratio per token (PPO) or per sequence, length-normalised (GSPO)"
     )
-    clip_eps_low: float = Field(0.2, ge=0.0, description="PPO ratio clip below 1")
-    clip_eps_high: float = Field(0.2, ge=0.0, description="PPO ratio clip above 1 (clip-higher when larger)")
-    dual_clip: float | None = Field(None, gt=1.0, description="dual-clip bound c for negative advantages")
+    clip_eps_low: float = Field(0.2, ge=0.0, description="ratio clip below 1 (PPO; CISPO's weight)")
+    clip_eps_high: float = Field(0.2, ge=0.0, description="ratio clip above 1 (clip-higher when larger)")
+    dual_clip: float | None = Field(
+        None, gt=1.0, description="dual-clip bound c for negative advantages (CISPO: caps their weight at c)"
+    )
     tis_cap: float | None = Field(
         None, gt=0.0,
         description="truncated importance sampling: scale each token's loss by min(pi_learner / pi_rollout, cap) "
@@ -244,7 +249,7 @@ class LearnerConfig(Section):
 
 
 class OptimConfig(Section):
-    name: str = Field("adamw", description="optimizer")
+    name: str = Field("adamw", description="optimizer (listed in --help)")
     lr: float = Field(1e-4, gt=0.0, description="learning rate")
     betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas")
     eps: float = Field(1e-8, gt=0.0, description="Adam epsilon")
@@ -261,8 +266,8 @@ class OptimConfig(Section):
 
 
 class LoraConfig(Section):
-    kind: Literal["none", "lora", "polar", "reflora", "reflora-s"] = Field(
-        "none", description="adapter on the policy's linear layers ('none': full fine-tuning)"
+    kind: str = Field(
+        "none", description="adapter kind on the policy's linear layers ('none': full fine-tuning; kinds listed in --help)"
     )
     rank: int = Field(8, ge=1, description="adapter rank r")
     alpha: float = Field(16.0, gt=0.0, description="scale: delta W = (alpha / r) * B A")
@@ -424,12 +429,15 @@ def build_config(tree: dict) -> RLConfig:
 
 def check_names(cfg: RLConfig) -> None:
     """Names that live in registries (filled on import) are checked here rather than by Literal types."""
-    from rlft.algorithms import ADVANTAGES, AGGREGATIONS
+    from rlft.algorithms import ADVANTAGES, AGGREGATIONS, POLICY_LOSSES
+    from rlft.lora import LORA_KINDS
     from rlft.optim import OPTIMIZERS
 
     ADVANTAGES.get(cfg.algo.advantage, key="algo.advantage")
     AGGREGATIONS.get(cfg.algo.aggregation, key="algo.aggregation")
+    POLICY_LOSSES.get(cfg.algo.policy_loss, key="algo.policy_loss")
     OPTIMIZERS.get(cfg.optim.name, key="optim.name")
+    LORA_KINDS.get(cfg.lora.kind, key="lora.kind")
     t, g = cfg.transfer, cfg.rollout.group_size
     if t.sources and not (2 * t.num_transferred <= g and t.num_transferred <= t.num_extra):
         raise ConfigError(
@@ -466,16 +474,16 @@ def check_learner(cfg: RLConfig) -> None:
             "pip install 'rlft[deepspeed]', or set learner.backend=torch"
         )
     # ZeRO hands the optimizer flat 1-D slices of the parameters, and gradients only after their reduction
-    if cfg.optim.name in ("flora", "adamw-4bit-factor"):
-        raise ConfigError(
-            f"optim.name={cfg.optim.name} does not work with learner.backend=deepspeed: it needs each weight's "
-            "matrix shape, and ZeRO gives the optimizer flat slices; use optim.name=adamw or adamw-4bit"
-        )
-    if cfg.lora.kind in ("polar", "reflora", "reflora-s"):
-        raise ConfigError(
-            f"lora.kind={cfg.lora.kind} does not work with learner.backend=deepspeed: its pre-step update needs "
-            "whole gradients, which ZeRO keeps in slices; use lora.kind=lora or none, or learner.backend=torch"
-        )
+    from rlft.lora import LORA_KINDS
+    from rlft.optim import OPTIMIZERS
+
+    zero_refuses = {"whole_matrices", "whole_gradients"}
+    for key, registry, name in (("optim.name", OPTIMIZERS, cfg.optim.name), ("lora.kind", LORA_KINDS, cfg.lora.kind)):
+        for need in sorted(registry.needs(name) & zero_refuses):
+            raise ConfigError(
+                f"{key}={name} does not work with learner.backend=deepspeed: {NEEDS[need]}; use {key}= one of "
+                f"{registry.names_without(zero_refuses)}, or learner.backend=torch"
+            )
     if ln.zero_stage == 3 and ln.logprobs == "fused":
         raise ConfigError(
             "learner.logprobs=fused does not work with learner.zero_stage=3: it reads the output embedding outside "
