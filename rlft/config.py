@@ -47,7 +47,8 @@ class ModelConfig(Section):
 class DataConfig(Section):
     source: str = Field(
         "arithmetic",
-        description="'arithmetic' (the embedded task), a .jsonl/.json/.parquet file, or a datasets name",
+        description="'arithmetic' (the embedded task), 'word-problems' (generated one- and two-step word problems, "
+        "integer answers), a .jsonl/.json/.parquet file, or a datasets name",
     )
     subset: str | None = Field(None, description="datasets config name (e.g. 'main' for gsm8k)")
     split: str = Field("train", description="split used for training")
@@ -96,6 +97,11 @@ class RolloutConfig(Section):
     )
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:i]' for the built-in engine")
     gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0, description="vLLM: fraction of GPU memory")
+    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None,
+        description="rollout engine: dtype of its copy of the weights and of the KV cache (None: model.dtype); "
+        "'bfloat16' decodes faster on CPUs with AMX-BF16 and on GPUs while the learner keeps fp32",
+    )
     eval_temperature: float = Field(0.0, ge=0.0, description="held-out evaluation temperature (0: greedy)")
 
     @model_validator(mode="before")
@@ -244,6 +250,11 @@ class LearnerConfig(Section):
         "auto",
         description="'fused': log-probs from hidden states in vocabulary chunks (no full logits); 'auto': fused where "
         "the vocabulary makes the plain [tokens, vocab] logits the memory peak (rlft.learner.logprobs.use_fused_logprobs)",
+    )
+    autocast: Literal["none", "bfloat16"] = Field(
+        "none",
+        description="'bfloat16': forward and backward under bf16 autocast over fp32 weights and optimizer state "
+        "(faster on GPUs and on CPUs with AMX-BF16; log-probs are still reduced in fp32)",
     )
     vocab_chunk: int = Field(8192, ge=1, description="vocabulary chunk of the fused log-prob, counted in tokens")
 

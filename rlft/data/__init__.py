@@ -1,9 +1,10 @@
-"""Training prompts: the embedded arithmetic task or rows from files / `datasets`."""
+"""Training prompts: the embedded arithmetic task, generated word problems, or rows from files / `datasets`."""
 
 from __future__ import annotations
 
 from rlft.data.arithmetic import ArithmeticTask
 from rlft.data.datasets import FileTask, PromptFormatter
+from rlft.data.word_problems import make_word_problem
 
 
 def build_task(data_cfg, tokenizer, seed: int):
@@ -12,4 +13,7 @@ def build_task(data_cfg, tokenizer, seed: int):
         plain = not data_cfg.chat_template and data_cfg.prompt_template == "{prompt}"
         formatter = None if plain else PromptFormatter(data_cfg, tokenizer)
         return ArithmeticTask(data_cfg.digits, data_cfg.eval_size, seed, format_prompt=formatter)
+    if data_cfg.source == "word-problems":
+        return ArithmeticTask(data_cfg.digits, data_cfg.eval_size, seed, format_prompt=PromptFormatter(data_cfg, tokenizer),
+                              make=make_word_problem)
     return FileTask(data_cfg, tokenizer, seed)

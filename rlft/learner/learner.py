@@ -53,11 +53,13 @@ class Learner:
 
     def _logprobs(self, model, part: TrainBatch, with_entropy: bool = False):
         fused = self.fused_logprobs
-        return token_logprobs(
-            model, part.tokens, part.attention_mask, self.cfg.rollout.temperature or 1.0,
-            with_entropy=with_entropy, entropy_grad=bool(self.cfg.algo.entropy_coef),
-            fused_chunk=self.cfg.learner.vocab_chunk if fused else 0, targets_mask=part.response_mask,
-        )
+        # learner.autocast: bf16 matmuls (AMX / tensor cores) over fp32 master weights; log-softmax stays fp32
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.learner.autocast == "bfloat16"):
+            return token_logprobs(
+                model, part.tokens, part.attention_mask, self.cfg.rollout.temperature or 1.0,
+                with_entropy=with_entropy, entropy_grad=bool(self.cfg.algo.entropy_coef),
+                fused_chunk=self.cfg.learner.vocab_chunk if fused else 0, targets_mask=part.response_mask,
+            )
 
     @torch.no_grad()
     def _frozen_logprobs(self, model, batch: TrainBatch) -> torch.Tensor:

@@ -89,9 +89,13 @@ class Trainer:
             n=1, temperature=r.eval_temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens, stop=r.stop,
             seed=self.cfg.train.seed,
         )
-        rewards, _ = self.score(self.task.eval_rows, self.generate(self.eval_prompt_ids, params, stream=True))
+        rewards, scores = self.score(self.task.eval_rows, self.generate(self.eval_prompt_ids, params, stream=True))
         threshold = self.cfg.train.eval_accuracy_threshold
-        return {"eval/accuracy": float((rewards >= threshold).float().mean()), "eval/reward": float(rewards.mean())}
+        out = {"eval/accuracy": float((rewards >= threshold).float().mean()), "eval/reward": float(rewards.mean())}
+        for spec in self.cfg.reward.functions:  # each function's mean too (e.g. math_format@0: answers stated)
+            if f"reward/{spec.name}" in scores:
+                out[f"eval/reward/{spec.name}"] = scores[f"reward/{spec.name}"]
+        return out
 
     def train_step(self, step: int) -> dict[str, float]:
         cfg, r = self.cfg, self.cfg.rollout
