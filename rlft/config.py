@@ -30,6 +30,21 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def renamed_keys(data: Any, section: str, renames: dict[str, str]) -> Any:
+    """A section's raw `data` with old key names replaced by new ones, each with a DeprecationWarning."""
+    if not isinstance(data, dict):
+        return data
+    for old, new in renames.items():
+        if old not in data:
+            continue
+        if new in data:
+            raise ValueError(f"{section}.{old} is the old name of {section}.{new}; set only {section}.{new}")
+        warnings.warn(f"{section}.{old} is deprecated: it is now {section}.{new} (same values)",
+                      DeprecationWarning, stacklevel=2)
+        data = {(new if k == old else k): v for k, v in data.items()}
+    return data
+
+
 class ModelConfig(Section):
     path: str = Field(
         "embedded",
@@ -61,6 +76,12 @@ class DataConfig(Section):
     system_prompt: str | None = Field(None, description="system message when chat_template is on")
     eval_size: int = Field(500, ge=1, description="held-out problems evaluated (counted in prompts)")
     max_prompt_tokens: int = Field(1024, ge=1, description="longer prompts are dropped from the data")
+    bad_rows: Literal["error", "skip"] = Field(
+        "error",
+        description="rows with a missing or empty prompt or answer, or a prompt that leaves the model's context no "
+                    "room for rollout.max_new_tokens: 'error' stops at start naming the first one, 'skip' drops them "
+                    "and reports how many",
+    )
     digits: int = Field(3, ge=1, le=9, description="arithmetic task: both operands have exactly this many digits")
 
 
@@ -107,14 +128,8 @@ class RolloutConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _renamed_keys(cls, data: Any) -> Any:
-        # `rollout.sampling` was this option's name until 2026-11; "sampling" now means token sampling only
-        if isinstance(data, dict) and "sampling" in data:
-            if "scheduling" in data:
-                raise ValueError("rollout.sampling is the old name of rollout.scheduling; set only rollout.scheduling")
-            warnings.warn("rollout.sampling is deprecated: it is now rollout.scheduling (same values)",
-                          DeprecationWarning, stacklevel=2)
-            data = {("scheduling" if k == "sampling" else k): v for k, v in data.items()}
-        return data
+        # until 2026-11 this was rollout.sampling; "sampling" now means token sampling only
+        return renamed_keys(data, "rollout", {"sampling": "scheduling"})
 
     @field_validator("engine")
     @classmethod
@@ -197,12 +212,13 @@ class AlgoConfig(Section):
     )
     entropy_coef: float = Field(0.0, description="entropy bonus weight")
     num_minibatches: int = Field(1, ge=1, description="optimizer steps per rollout batch (split by prompts)")
-    dynamic_sampling: bool = Field(
-        False, description="drop groups whose rewards are all equal and refill the batch with fresh prompts (DAPO)"
+    filter_groups: bool = Field(
+        False, description="drop groups whose rewards are all equal and refill the batch with fresh prompts (DAPO's "
+        "'dynamic sampling')"
     )
-    dynamic_sampling_max_rounds: int = Field(
+    filter_groups_max_rounds: int = Field(
         3, ge=0,
-        description="dynamic sampling: extra generation rounds per step at most, each of rollout.prompts_per_step prompts",
+        description="filter_groups: extra generation rounds per step at most, each of rollout.prompts_per_step prompts",
     )
     overlong: Literal["none", "filter", "penalty"] = Field(
         "none",
@@ -215,6 +231,13 @@ class AlgoConfig(Section):
         "rollout.max_new_tokens",
     )
     overlong_penalty: float = Field(1.0, ge=0.0, description="soft overlong penalty at rollout.max_new_tokens")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        # until 2026-11 these were dynamic_sampling*; "sampling" now means token sampling only
+        return renamed_keys(data, "algo", {"dynamic_sampling": "filter_groups",
+                                           "dynamic_sampling_max_rounds": "filter_groups_max_rounds"})
 
 
 class TransferConfig(Section):
@@ -257,6 +280,10 @@ class LearnerConfig(Section):
         "(faster on GPUs and on CPUs with AMX-BF16; log-probs are still reduced in fp32)",
     )
     vocab_chunk: int = Field(8192, ge=1, description="vocabulary chunk of the fused log-prob, counted in tokens")
+    weight_compression: Literal["none", "neuzip"] = Field(
+        "none", description="'neuzip': linear and embedding weights held losslessly compressed (entropy-coded "
+        "exponents, DESIGN 4.11), decompressed per layer in forward and backward; needs the rlft[neuzip] extra",
+    )
 
 
 class OptimConfig(Section):
@@ -274,6 +301,13 @@ class OptimConfig(Section):
     )
     flora_rank: int = Field(8, ge=1, description="Flora: rank r of the random projection")
     flora_kappa: int = Field(1000, ge=1, description="Flora: steps between momentum re-projections")
+    zo_eps: float = Field(1e-3, gt=0.0, description="zo: perturbation size ε of the SPSA estimate (DESIGN 4.10)")
+    zo_perturbations: int = Field(
+        1, ge=1, description="zo: perturbations K per optimizer step (2K forward passes; optim.grad_clip does not apply)"
+    )
+    zo_offload: bool = Field(
+        False, description="zo on CUDA: blocks live on the CPU and stream through the GPU (ZO2), the update deferred"
+    )
 
 
 class LoraConfig(Section):
@@ -302,10 +336,15 @@ class TrainConfig(Section):
     eval_accuracy_threshold: float = Field(
         1.0, description="a sample counts as correct (accuracy) when its reward reaches this value"
     )
+    max_nonfinite_steps: int = Field(
+        3, ge=0, description="steps in a row whose loss or gradient is NaN/inf (each skipped: no weight or optimizer "
+                             "change) tolerated; one more and the run saves a checkpoint and stops",
+    )
 
 
 class RayConfig(Section):
-    address: str | None = Field(None, description="join this Ray cluster (e.g. 'auto'); default: start a local one")
+    address: str | None = Field(None, description="join this Ray cluster (host:port of its GCS, or 'auto'); default: "
+                                "start a private local Ray that listens on loopback only")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray instance (default: all)")
     torch_threads: int | None = Field(None, ge=1, description="torch threads per actor (default: all cores)")
 
@@ -472,6 +511,8 @@ def check_rollout(cfg: RLConfig) -> None:
 def check_learner(cfg: RLConfig) -> None:
     """Refuse learner settings that would run but silently not do what they say."""
     ln = cfg.learner
+    if ln.weight_compression == "neuzip":
+        check_neuzip(cfg)
     if ln.backend == "torch":
         if ln.num_workers > 1:
             raise ConfigError(
@@ -488,7 +529,7 @@ def check_learner(cfg: RLConfig) -> None:
     from rlft.lora import LORA_KINDS
     from rlft.optim import OPTIMIZERS
 
-    zero_refuses = {"whole_matrices", "whole_gradients"}
+    zero_refuses = {"whole_matrices", "whole_gradients", "loss_closure"}
     for key, registry, name in (("optim.name", OPTIMIZERS, cfg.optim.name), ("lora.kind", LORA_KINDS, cfg.lora.kind)):
         for need in sorted(registry.needs(name) & zero_refuses):
             raise ConfigError(
@@ -500,6 +541,22 @@ def check_learner(cfg: RLConfig) -> None:
             "learner.logprobs=fused does not work with learner.zero_stage=3: it reads the output embedding outside "
             "the forward pass, where ZeRO-3 keeps only a slice; use learner.logprobs=plain or learner.zero_stage=2"
         )
+
+
+def check_neuzip(cfg: RLConfig) -> None:
+    """NeuZip swaps each layer's weight in for its forward; refuse the paths that read weights elsewhere."""
+    from rlft.optim import needs_backward
+
+    fix = "or set learner.weight_compression=none"
+    if cfg.learner.logprobs == "fused":
+        raise ConfigError("learner.weight_compression=neuzip does not work with learner.logprobs=fused: the fused "
+                          f"log-prob reads the LM head outside its forward; set learner.logprobs=plain, {fix}")
+    if not needs_backward(cfg.optim.name):
+        raise ConfigError(f"learner.weight_compression=neuzip does not work with optim.name={cfg.optim.name}: both "
+                          f"hand each layer its weights during its forward; use optim.name=adamw, {fix}")
+    if cfg.learner.backend != "torch":
+        raise ConfigError("learner.weight_compression=neuzip works with learner.backend=torch only: ZeRO partitions "
+                          f"the weights it would compress; set learner.backend=torch, {fix}")
 
 
 def resolve_config(

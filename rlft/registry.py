@@ -25,6 +25,8 @@ NEEDS: dict[str, str] = {
     "whole_matrices": "it needs each weight's matrix shape, and ZeRO gives the optimizer flat 1-D slices",
     # read by rlft.config.check_learner: ZeRO reduces gradients into per-rank slices before any hook sees them
     "whole_gradients": "its pre-step update needs whole gradients, which ZeRO keeps in slices",
+    # read by rlft.config (ZeRO, NeuZip) and the learner, which takes its forward-only branch (optim 'zo')
+    "loss_closure": "it steps on loss evaluations by forward passes, not on gradients, which DeepSpeed's engine steps on",
 }
 
 

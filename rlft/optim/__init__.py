@@ -7,8 +7,8 @@ the optimizer flat slices); config.py reads them, so no cross-check names an opt
 optimizer's own hyperparameters go in OptimConfig (rlft/config.py), prefixed with its name.
 """
 
-from rlft.optim import adamw4bit, flora  # noqa: F401  (register 'adamw-4bit', 'adamw-4bit-factor', 'flora')
+from rlft.optim import adamw4bit, flora, zo  # noqa: F401  (register 'adamw-4bit', 'adamw-4bit-factor', 'flora', 'zo')
 from rlft.optim.base import scale_moments, state_bytes
-from rlft.optim.registry import OPTIMIZERS, build_optimizer
+from rlft.optim.registry import OPTIMIZERS, build_optimizer, needs_backward
 
-__all__ = ["OPTIMIZERS", "build_optimizer", "scale_moments", "state_bytes"]
+__all__ = ["OPTIMIZERS", "build_optimizer", "needs_backward", "scale_moments", "state_bytes"]
