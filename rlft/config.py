@@ -327,6 +327,11 @@ class LoraConfig(Section):
 class TrainConfig(Section):
     steps: int = Field(200, ge=1, description="training steps (one rollout batch each)")
     seed: int = Field(0, description="seed of data order, sampling and initialisation")
+    max_minutes: float | None = Field(
+        None, gt=0,
+        description="wall-time limit: the first step that ends past this many minutes since start is the last "
+        "(final evaluation and checkpoint follow, as after train.steps; None: no limit)",
+    )
     eval_every: int = Field(25, ge=0, description="held-out evaluation every N steps (0: start and end only)")
     save_every: int = Field(100, ge=0, description="checkpoint every N steps (0: only at the end)")
     keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept on disk")

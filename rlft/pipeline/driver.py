@@ -180,7 +180,9 @@ class Trainer:
                 self.state["step"] = step
                 self.state["train_seconds"] += time.perf_counter() - t0
                 self._check_reward_failures(step, metrics)
-                last = step == cfg.train.steps
+                # train.max_minutes: this step ends the run (final evaluation and checkpoint as at train.steps)
+                out_of_time = cfg.train.max_minutes is not None and time.perf_counter() - self.started >= 60 * cfg.train.max_minutes
+                last = step == cfg.train.steps or out_of_time
                 if (cfg.train.eval_every and step % cfg.train.eval_every == 0) or last:
                     metrics.update(self._eval_now(step))
                 _append_jsonl(metrics_path, metrics)
@@ -192,6 +194,8 @@ class Trainer:
                     reward=f"{metrics['reward/mean']:.3f}", acc=f"{self.state['evals'][-1]['eval/accuracy']:.3f}",
                     tok_s=f"{metrics['throughput/rollout_tokens_per_s']:.0f}", refresh=False,
                 )
+                if last:
+                    break
         finally:
             bar.close()
         return self.summary()
