@@ -158,7 +158,7 @@ def test_loss_mask_covers_exactly_the_response_and_its_im_end(greedy_completions
             assert masked[-1] == im_end
 
 
-def test_two_grpo_steps_through_ray_change_the_weights_and_save_a_loadable_checkpoint(smollm2_dir, smollm2, tmp_path):
+def test_two_grpo_steps_through_ray_change_the_weights_and_save_a_loadable_checkpoint(smollm2_dir, tmp_path):
     import ray
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
