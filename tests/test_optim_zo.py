@@ -1,4 +1,4 @@
-"""optim.name=zo (DESIGN 4.10): regenerated perturbations, exact restore, the SPSA estimate, resume, LoRA."""
+"""optim.name=zo (docs/methods.md#zeroth-order-update): regenerated perturbations, exact restore, the SPSA estimate, resume, LoRA."""
 
 from __future__ import annotations
 

@@ -17,17 +17,19 @@ import ray
 import torch
 from tqdm import tqdm
 
+from rlft.algorithms.weight_stats import weight_statistics
 from rlft.config import RLConfig, config_to_yaml
 from rlft.data import build_task
 from rlft.errors import UserError
 from rlft.models.loading import context_length, load_tokenizer
 from rlft.pipeline import checkpoint as ckpt
 from rlft.pipeline.actors import start_actors
-from rlft.pipeline.batch import assign_advantages, build_train_batch
+from rlft.pipeline.batch import build_step_batch
 from rlft.pipeline.learner_group import LearnerGroup
+from rlft.pipeline.loggers import Trackers
 from rlft.pipeline.ray_session import close_ray, ray_session
 from rlft.pipeline.report import plot_curves
-from rlft.pipeline.shaping import GroupSampler, kl_reward_penalty
+from rlft.pipeline.shaping import GroupSampler
 from rlft.reward import RewardFailureError, check_failure_rate
 from rlft.rollout.streaming import GroupStream, score_groups
 from rlft.rollout.types import SamplingParams, merge_engine_stats
@@ -62,6 +64,7 @@ class Trainer:
         self.state = {"step": 0, "evals": [], "samples": 0, "tokens": 0, "train_seconds": 0.0}
         self.sampler = GroupSampler(cfg, self.task, self._tokenize, self.generate, self.score)
         self.engine_stats: list[dict[str, float]] = []  # per worker and generate call, since the step began
+        self.trackers = Trackers(cfg.train.loggers, run_dir, cfg.model_dump(mode="json"))
 
     def _tokenize(self, text: str) -> list[int]:
         return self.tokenizer(text)["input_ids"]
@@ -114,17 +117,14 @@ class Trainer:
         metrics.update({f"rollout/{k}": v for k, v in engine.items()})
         self.state["rollout"] = merge_engine_stats(self.state.get("rollout", {}), engine)
         if len(groups):
-            batch = build_train_batch(
-                groups.prompt_ids,
-                [[c["token_ids"] for c in g] for g in groups.completions],
-                [[c["logprobs"] for c in g] for g in groups.completions],
-                groups.rewards, cfg.algo, r.max_new_tokens, self.tokenizer.pad_token_id, keep=groups.keep,
+            batch, batch_metrics = build_step_batch(  # advantages, once (after a KL reward penalty)
+                groups, cfg.algo, r.max_new_tokens, self.tokenizer.pad_token_id,
+                reference=lambda b: ray.get(self.learner.reference_logprobs.remote(b)),
             )
-            if cfg.algo.kl_coef > 0 and cfg.algo.kl_mode == "reward":  # the penalty enters before the advantages
-                ref = ray.get(self.learner.reference_logprobs.remote(batch))
-                penalty = kl_reward_penalty(batch, ref, cfg.algo, tuple(groups.rewards.shape))
-                assign_advantages(batch, groups.rewards - penalty, cfg.algo, r.max_new_tokens, groups.keep)
-                metrics["reward/kl_penalty"] = float(penalty.mean())
+            metrics.update(batch_metrics)
+            correct = groups.rewards >= cfg.train.eval_accuracy_threshold  # lengths and weights of right/wrong
+            lengths = batch.response_mask.sum(dim=1).view_as(correct)
+            metrics.update(weight_statistics(batch.weights, batch.advantages, lengths, correct))
             metrics.update(ray.get(self.learner.train_step.remote(batch)))
             t3 = time.perf_counter()
             self.sync_weights()
@@ -185,7 +185,7 @@ class Trainer:
                 last = step == cfg.train.steps or out_of_time
                 if (cfg.train.eval_every and step % cfg.train.eval_every == 0) or last:
                     metrics.update(self._eval_now(step))
-                _append_jsonl(metrics_path, metrics)
+                self._record(metrics_path, metrics)
                 self._check_nonfinite(step, metrics)
                 if (cfg.train.save_every and step % cfg.train.save_every == 0) or last:
                     self.save(step)
@@ -207,7 +207,12 @@ class Trainer:
 
     def _record_eval(self, step: int, metrics_path: Path) -> None:
         result = self._eval_now(step)
-        _append_jsonl(metrics_path, {"step": step, **result})
+        self._record(metrics_path, {"step": step, **result})
+
+    def _record(self, metrics_path: Path, record: dict) -> None:
+        """One record into metrics.jsonl and, under the same names, every tracker of train.loggers."""
+        _append_jsonl(metrics_path, record)
+        self.trackers.log(record)
 
     def _check_reward_failures(self, step: int, metrics: dict) -> None:
         """Past reward.max_failure_rate: save what was learned, then stop with the reward's error."""
@@ -300,6 +305,8 @@ def train(cfg: RLConfig, resume_dir: Path | None = None) -> dict:
             shutil.rmtree(run_dir, ignore_errors=True)  # a run that never started leaves no folder behind
         raise
     finally:
+        if trainer is not None:
+            trainer.trackers.close()
         if trainer is not None and not started_ray:  # on a shared cluster, remove only our actors
             learners = trainer.learner.workers if isinstance(trainer.learner, LearnerGroup) else [trainer.learner]
             for actor in [*learners, *trainer.rollout, *trainer.rewarders]:
