@@ -351,6 +351,15 @@ class TrainConfig(Section):
     eval_accuracy_threshold: float = Field(
         1.0, description="a sample counts as correct (accuracy) when its reward reaches this value"
     )
+    worker_timeout_s: float | None = Field(
+        1800.0, gt=0, description="longest wait for any worker reply (a group, a reward chunk, a learner step, "
+                                  "weights); a worker past it is reported by name and phase and restarted (null: wait forever)",
+    )
+    max_restarts: int = Field(
+        3, ge=0, description="restarts of each worker after it dies or hangs (rollout and reward workers by Ray, "
+                             "with their unfinished work re-sent; the learner from the last checkpoint); past it the "
+                             "run stops naming --resume",
+    )
     max_nonfinite_steps: int = Field(
         3, ge=0, description="steps in a row whose loss or gradient is NaN/inf (each skipped: no weight or optimizer "
                              "change) tolerated; one more and the run saves a checkpoint and stops",
