@@ -57,7 +57,8 @@ def model_configs(args) -> dict:
                            num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True)
     large = Qwen2Config(vocab_size=args.large_vocab, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
                         num_attention_heads=12, num_key_value_heads=4, tie_word_embeddings=True)
-    return {"tiny": tiny, "qwen2-100m": large}
+    models = {"tiny": tiny, "qwen2-100m": large}
+    return {name: config for name, config in models.items() if name in (args.models or models)}
 
 
 def bench_optimizer_state(args) -> list[dict]:
@@ -360,7 +361,7 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [name for name in ("optimizer_state", "learner_step", "fused_logprob") if results.get(name)]
+    panels = [name for name in ("optimizer_state", "learner_step", "fused_logprob", "neuzip") if results.get(name)]
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(6.5 * max(1, len(panels)), 4.5), squeeze=False)
     for ax, name in zip(axes[0], panels):
         rows = results[name]
@@ -381,6 +382,13 @@ def plot(results: dict, path: Path) -> None:
             else:
                 ax.set_ylabel("peak / full fine-tuning with fp32 AdamW")
                 ax.set_title("learner peak memory over a training step")
+        elif name == "neuzip":
+            labels = [f"{r['model']}\n{r['dtype']}" for r in rows]
+            ax.bar(range(len(rows)), [r["model_vs_raw"] for r in rows], color="tab:green")
+            ax.axhline(0.75, color="gray", ls="--", lw=1, label="0.75x target (bf16)")
+            ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=7)
+            ax.set_ylabel("weights held / uncompressed (same dtype)")
+            ax.set_title("NeuZip: lossless weight compression")
         else:
             vocabs = sorted({r["vocab"] for r in rows})
             for path_name in ("plain", "fused"):
@@ -416,6 +424,7 @@ def main() -> None:
     p.add_argument("--learner-groups", type=int, default=2, help="learner_step: prompts per batch (G = 8 each)")
     p.add_argument("--learner-response-tokens", type=int, default=96, help="learner_step: tokens per response")
     p.add_argument("--learner-micro-batch", type=int, default=8, help="learner_step: learner.micro_batch_size")
+    p.add_argument("--models", nargs="+", choices=["tiny", "qwen2-100m"], help="only these models (default both)")
     p.add_argument("--learner-cases", nargs="+", metavar="OPTIMIZER/LORA",
                    help="learner_step: only these cases (e.g. zo/none adamw+neuzip/lora) besides the adamw/none baseline")
     p.add_argument("--smollm-gguf", default=SMOLLM_GGUF,

@@ -57,6 +57,7 @@ def zo_update(learner, minibatch: TrainBatch, old: torch.Tensor | None, ref: tor
     for k in evaluations[0]:
         values = [e[k] for e in evaluations]
         stats[k] = max(values) if k == "ratio_max" else sum(values) / len(values)
+    stats["nonfinite_steps"] = stats["zo/nonfinite"]  # counted with the first-order path's skipped steps
     return stats
 
 

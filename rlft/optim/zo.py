@@ -14,11 +14,13 @@ regenerated z), so the weights after the evaluations are θ bit for bit by const
 than by the paper's in-place θ + εz − 2εz + εz, which rounding leaves a few ulps off.
 
 The step seed lives in the parameter group (`seed`), so it is saved and restored with the
-optimizer's state_dict: a resumed run draws the same perturbations as one that did not stop.
+optimizer's state_dict: a resumed run draws the same perturbations as one that did not stop. A step
+whose projected gradients are not finite changes no weight (`zo/nonfinite` = 1).
 """
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Callable, Container, Iterable, Iterator
 
@@ -87,8 +89,9 @@ class ZerothOrder(torch.optim.Optimizer):
             minus.append(float(closure(self.perturbation(seed, -eps))))
         grads = [(a - b) / (2 * eps) for a, b in zip(plus, minus)]
         update = {"seeds": seeds, "grads": grads, "lr": group["lr"], "weight_decay": group["weight_decay"]}
-        for p in self.index:
-            self.apply_update(p, update)
+        if all(map(math.isfinite, grads)):  # a NaN/inf loss would write NaN into every weight: skip the update
+            for p in self.index:
+                self.apply_update(p, update)
         return self.finish_step(plus, minus)
 
     def step_seeds(self) -> list[int]:
@@ -112,7 +115,7 @@ class ZerothOrder(torch.optim.Optimizer):
         group = self.param_groups[0]
         group["seed"] = next_seed(group["seed"])
         g = torch.tensor([(a - b) / (2 * group["eps"]) for a, b in zip(plus, minus)], dtype=torch.float64)
-        return {"zo/projected_grad_mean": float(g.mean()), "zo/projected_grad_abs_mean": float(g.abs().mean()),
+        return {"zo/nonfinite": float(not bool(torch.isfinite(g).all())), "zo/projected_grad_mean": float(g.mean()), "zo/projected_grad_abs_mean": float(g.abs().mean()),
                 "zo/projected_grad_std": float(g.std()) if len(g) > 1 else 0.0,
                 "zo/loss_plus": sum(plus) / len(g), "zo/loss_minus": sum(minus) / len(g)}
 

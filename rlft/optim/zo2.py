@@ -18,6 +18,7 @@ GPU-specific part.
 
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 from typing import Callable
 
@@ -132,8 +133,10 @@ class ZO2Offload:
         plus, minus = losses[0::2], losses[1::2]
         update = {"seeds": seeds, "grads": [(a - b) / (2 * eps) for a, b in zip(plus, minus)],
                   "lr": group["lr"], "weight_decay": group["weight_decay"]}
-        self._update([embed, *head_parts] if not _tied(self.model) else [embed, self.resident[2]], update)
-        self.pending = update
+        finite = all(map(math.isfinite, update["grads"]))  # a NaN/inf loss: this step changes no weight
+        if finite:
+            self._update([embed, *head_parts] if not _tied(self.model) else [embed, self.resident[2]], update)
+        self.pending = update if finite else None
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         opt._opt_called = True  # type: ignore[attr-defined]  # a step taken: the LR scheduler checks this flag
