@@ -77,7 +77,7 @@ class Trainer:
         self.saved_step = 0  # the step of the newest checkpoint this process wrote or loaded
         self.updating = False  # an unfinished step has changed the learner or the state
         self.predictors: list = []  # refs to the rollout workers' length predictors after the last step
-        self.watch = WorkerWatch(cfg.train.worker_timeout_s, self.revive)  # deadlines and restarts (DESIGN 4.9)
+        self.watch = WorkerWatch(cfg.train.worker_timeout_s, self.revive)  # docs/methods.md#faults
         self.weights = None  # ref to the weights the rollout workers hold (a restarted one gets them again)
         self.sampler = GroupSampler(cfg, self.task, self._tokenize, self.generate, self.score)
         self.engine_stats: list[dict[str, float]] = []  # per worker and generate call, since the step began
@@ -388,7 +388,7 @@ class Trainer:
             "best_step": max(evals, key=lambda e: e["eval/accuracy"])["step"],
             # engine statistics over the run's training rollouts, merged as in rlft.rollout.types.ENGINE_STATS
             **{f"rollout/{k}": round(v, 4) for k, v in self.state.get("rollout", {}).items()},
-            # worker restarts, timeouts and learner restarts over the run (DESIGN 4.9)
+            # worker restarts, timeouts and learner restarts over the run (docs/methods.md#faults)
             "faults": dict(self.state.get("faults", {})),
             "nonfinite_steps": self.state.get("nonfinite_steps", 0),
             "peak_memory_mb": {
