@@ -1,4 +1,5 @@
-"""The single controller: rollout -> reward -> learner -> weight sync, one step at a time (on-policy).
+"""The single controller: rollout -> reward -> learner -> weight sync, one step at a time (on-policy), or
+with the next steps' rollouts drawn while the learner trains (`train.mode=async`, see async_rollout.py).
 
 Reads top to bottom: `train()` sets up the run folder and Ray, `Trainer.run()` is the loop.
 """
@@ -22,6 +23,7 @@ from rlft.errors import UserError
 from rlft.models.loading import load_tokenizer
 from rlft.pipeline import checkpoint as ckpt
 from rlft.pipeline.actors import start_actors
+from rlft.pipeline.async_rollout import Draw, RolloutQueue
 from rlft.pipeline.batch import assign_advantages, build_train_batch
 from rlft.pipeline.learner_group import LearnerGroup
 from rlft.pipeline.report import plot_curves
@@ -31,6 +33,7 @@ from rlft.rollout.streaming import GroupStream, score_groups
 from rlft.rollout.types import SamplingParams
 
 log = logging.getLogger("rlft")
+IN_FLIGHT = "in_flight.pt"  # async mode: the draws a checkpoint held in flight
 
 
 def split_evenly(items: list, parts: int) -> list[list]:
@@ -57,6 +60,8 @@ class Trainer:
         self.eval_prompt_ids = [self._tokenize(r["prompt"]) for r in self.task.eval_rows]
         self.state = {"step": 0, "evals": [], "samples": 0, "tokens": 0, "train_seconds": 0.0}
         self.sampler = GroupSampler(cfg, self.task, self._tokenize, self.generate, self.score)
+        self.rollouts = None  # async mode: the queue of batches drawn ahead (made when the loop starts)
+        self._in_flight: list[Draw] = []  # async mode: draws a restored checkpoint held in flight
 
     def _tokenize(self, text: str) -> list[int]:
         return self.tokenizer(text)["input_ids"]
@@ -92,11 +97,23 @@ class Trainer:
         threshold = self.cfg.train.eval_accuracy_threshold
         return {"eval/accuracy": float((rewards >= threshold).float().mean()), "eval/reward": float(rewards.mean())}
 
+    def draw(self, step: int, version: int) -> Draw:
+        """Step `step`'s rollout and reward (TPO, overlong, dynamic sampling) with the policy after `version` steps."""
+        groups, metrics = self.sampler.draw(step)
+        for group in groups.completions:
+            for c in group:
+                c["policy_version"] = version
+        return Draw(step, version, groups, metrics, dict(self.sampler.timings), dict(self.sampler.generated))
+
     def train_step(self, step: int) -> dict[str, float]:
         cfg, r = self.cfg, self.cfg.rollout
         t0 = time.perf_counter()
-        self.sampler.load_state_dict(self.state.get("sampler", {}))  # TPO arm statistics survive a resume
-        groups, metrics = self.sampler.draw(step)  # rollout and reward; TPO, overlong, dynamic sampling
+        if self.rollouts is None:
+            drawn = self.draw(step, step - 1)
+        else:  # async: submit the draws up to step + max_staleness, then take this step's (drawn earlier)
+            self.rollouts.fill(step, self.learner.state_dict.remote, step - 1)
+            drawn = self.rollouts.take(step)
+        groups, metrics = drawn.groups, drawn.metrics
         t2 = time.perf_counter()
         if len(groups):
             batch = build_train_batch(
@@ -112,25 +129,30 @@ class Trainer:
                 metrics["reward/kl_penalty"] = float(penalty.mean())
             metrics.update(ray.get(self.learner.train_step.remote(batch)))
             t3 = time.perf_counter()
-            self.sync_weights()
+            if self.rollouts is None:  # async: the next draw loads the weights itself
+                self.sync_weights()
         else:  # dynamic sampling found no group with unequal rewards: nothing to learn from this step
             metrics["shaping/skipped_step"] = 1.0
             t3 = time.perf_counter()
         t4 = time.perf_counter()
 
-        self.state["samples"] += self.sampler.generated["samples"]
-        self.state["tokens"] += self.sampler.generated["tokens"]
-        self.state["samples_scored"] = self.state.get("samples_scored", 0) + self.sampler.generated["scored"]
-        self.state["sampler"] = self.sampler.state_dict()
-        rollout_s = self.sampler.timings["rollout"]
+        self.state["samples"] += drawn.generated["samples"]
+        self.state["tokens"] += drawn.generated["tokens"]
+        self.state["samples_scored"] = self.state.get("samples_scored", 0) + drawn.generated["scored"]
+        if self.rollouts is None:  # async: saved with the draws in flight (see save)
+            self.state["sampler"] = self.sampler.state_dict()
+        else:
+            metrics.update(drawn.staleness(step - 1))
+            metrics["time/rollout_wait_s"] = t2 - t0  # what the overlap did not hide
+        rollout_s = drawn.timings["rollout"]
         metrics.update({
             "step": step,
             "samples": self.state["samples"],  # generated so far, TPO's extra and dynamic sampling's refills included
             "samples_scored": self.state["samples_scored"],  # of which scored by the target reward
             # rollout_s includes the target reward streamed during decoding; reward_s is reward time outside it
-            "time/rollout_s": rollout_s, "time/reward_s": self.sampler.timings["reward"],
+            "time/rollout_s": rollout_s, "time/reward_s": drawn.timings["reward"],
             "time/learner_step_s": t3 - t2, "time/sync_s": t4 - t3, "time/step_s": t4 - t0,
-            "throughput/rollout_tokens_per_s": self.sampler.generated["tokens"] / max(rollout_s, 1e-9),
+            "throughput/rollout_tokens_per_s": drawn.generated["tokens"] / max(rollout_s, 1e-9),
         })
         return metrics
 
@@ -140,11 +162,17 @@ class Trainer:
         tmp = ckpt.staging_dir(self.run_dir, step)
         ray.get(self.learner.save.remote(str(tmp)))
         self.tokenizer.save_pretrained(tmp)
+        if self.rollouts is not None:  # async: the draws in flight were made by older weights; keep them
+            torch.save(self.rollouts.wait(), tmp / IN_FLIGHT)
+            self.state["sampler"] = self.sampler.state_dict()
         return ckpt.commit_checkpoint(self.run_dir, step, tmp, self.state, self.cfg.train.keep_checkpoints)
 
     def restore(self, path: Path) -> None:
         ray.get(self.learner.load.remote(str(path)))
         self.state = json.loads((path / "trainer_state.json").read_text())
+        self.sampler.load_state_dict(self.state.get("sampler", {}))  # TPO arm statistics survive a resume
+        if (path / IN_FLIGHT).is_file():
+            self._in_flight = torch.load(path / IN_FLIGHT, weights_only=False)
         self.sync_weights()
 
     # --- the loop -----------------------------------------------------------------------------
@@ -154,6 +182,9 @@ class Trainer:
         metrics_path = self.run_dir / "metrics.jsonl"
         start = self.state["step"]
         _truncate_metrics(metrics_path, start)
+        if cfg.train.mode == "async":
+            self.rollouts = RolloutQueue(self.draw, self.rollout, cfg.train.max_staleness, cfg.train.steps)
+            self.rollouts.restore(self._in_flight)
         if not self.state["evals"]:
             self._record_eval(0, metrics_path)
         bar = tqdm(total=cfg.train.steps, initial=start, desc="rlft", unit="step", disable=not cfg.train.progress,
@@ -178,9 +209,14 @@ class Trainer:
                 )
         finally:
             bar.close()
+            if self.rollouts is not None:
+                self.rollouts.close()
         return self.summary()
 
     def _eval_now(self, step: int) -> dict:
+        if self.rollouts is not None:  # async: let the draws in flight finish, then evaluate this step's weights
+            self.rollouts.wait()
+            self.sync_weights()
         result = self.evaluate()
         self.state["evals"].append({"step": step, **result})
         return result
