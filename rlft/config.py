@@ -21,13 +21,28 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rlft.errors import ConfigError
-from rlft.registry import closest, unknown_choice_message
+from rlft.registry import NEEDS, closest, unknown_choice_message
 
 
 class Section(BaseModel):
     """A config section: unknown keys are errors, values are validated on assignment too."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def renamed_keys(data: Any, section: str, renames: dict[str, str]) -> Any:
+    """A section's raw `data` with old key names replaced by new ones, each with a DeprecationWarning."""
+    if not isinstance(data, dict):
+        return data
+    for old, new in renames.items():
+        if old not in data:
+            continue
+        if new in data:
+            raise ValueError(f"{section}.{old} is the old name of {section}.{new}; set only {section}.{new}")
+        warnings.warn(f"{section}.{old} is deprecated: it is now {section}.{new} (same values)",
+                      DeprecationWarning, stacklevel=2)
+        data = {(new if k == old else k): v for k, v in data.items()}
+    return data
 
 
 class ModelConfig(Section):
@@ -58,6 +73,12 @@ class DataConfig(Section):
     system_prompt: str | None = Field(None, description="system message when chat_template is on")
     eval_size: int = Field(500, ge=1, description="held-out problems evaluated (counted in prompts)")
     max_prompt_tokens: int = Field(1024, ge=1, description="longer prompts are dropped from the data")
+    bad_rows: Literal["error", "skip"] = Field(
+        "error",
+        description="rows with a missing or empty prompt or answer, or a prompt that leaves the model's context no "
+                    "room for rollout.max_new_tokens: 'error' stops at start naming the first one, 'skip' drops them "
+                    "and reports how many",
+    )
     digits: int = Field(3, ge=1, le=9, description="arithmetic task: both operands have exactly this many digits")
 
 
@@ -99,14 +120,8 @@ class RolloutConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _renamed_keys(cls, data: Any) -> Any:
-        # `rollout.sampling` was this option's name until 2026-11; "sampling" now means token sampling only
-        if isinstance(data, dict) and "sampling" in data:
-            if "scheduling" in data:
-                raise ValueError("rollout.sampling is the old name of rollout.scheduling; set only rollout.scheduling")
-            warnings.warn("rollout.sampling is deprecated: it is now rollout.scheduling (same values)",
-                          DeprecationWarning, stacklevel=2)
-            data = {("scheduling" if k == "sampling" else k): v for k, v in data.items()}
-        return data
+        # until 2026-11 this was rollout.sampling; "sampling" now means token sampling only
+        return renamed_keys(data, "rollout", {"sampling": "scheduling"})
 
     @field_validator("engine")
     @classmethod
@@ -158,7 +173,7 @@ class RewardConfig(Section):
 
 class AlgoConfig(Section):
     name: str = Field("grpo-ba", description="the preset this run started from (see --help)")
-    advantage: str = Field("grpo", description="advantage estimator")
+    advantage: str = Field("grpo", description="advantage estimator (listed in --help)")
     advantage_scale: Literal["group", "batch", "none"] | None = Field(
         None,
         description="divide centred rewards by the group's std, the batch's std or nothing "
@@ -166,12 +181,17 @@ class AlgoConfig(Section):
     )
     aggregation: str = Field("balanced", description="how per-token losses are summed (DESIGN 4.2)")
     std_eps: float = Field(1e-6, ge=0.0, description="epsilon added to the reward std (advantage_scale group/batch)")
+    policy_loss: str = Field(
+        "ppo-clip", description="per-token policy-gradient loss (listed in --help): 'ppo-clip' is PPO's clipped surrogate"
+    )
     ratio_level: Literal["token", "sequence"] = Field(
         "token", description="importance ratio per token (PPO) or per sequence, length-normalised (GSPO)"
     )
-    clip_eps_low: float = Field(0.2, ge=0.0, description="PPO ratio clip below 1")
-    clip_eps_high: float = Field(0.2, ge=0.0, description="PPO ratio clip above 1 (clip-higher when larger)")
-    dual_clip: float | None = Field(None, gt=1.0, description="dual-clip bound c for negative advantages")
+    clip_eps_low: float = Field(0.2, ge=0.0, description="ratio clip below 1 (PPO; CISPO's weight)")
+    clip_eps_high: float = Field(0.2, ge=0.0, description="ratio clip above 1 (clip-higher when larger)")
+    dual_clip: float | None = Field(
+        None, gt=1.0, description="dual-clip bound c for negative advantages (CISPO: caps their weight at c)"
+    )
     tis_cap: float | None = Field(
         None, gt=0.0,
         description="truncated importance sampling: scale each token's loss by min(pi_learner / pi_rollout, cap) "
@@ -184,12 +204,13 @@ class AlgoConfig(Section):
     )
     entropy_coef: float = Field(0.0, description="entropy bonus weight")
     num_minibatches: int = Field(1, ge=1, description="optimizer steps per rollout batch (split by prompts)")
-    dynamic_sampling: bool = Field(
-        False, description="drop groups whose rewards are all equal and refill the batch with fresh prompts (DAPO)"
+    filter_groups: bool = Field(
+        False, description="drop groups whose rewards are all equal and refill the batch with fresh prompts (DAPO's "
+        "'dynamic sampling')"
     )
-    dynamic_sampling_max_rounds: int = Field(
+    filter_groups_max_rounds: int = Field(
         3, ge=0,
-        description="dynamic sampling: extra generation rounds per step at most, each of rollout.prompts_per_step prompts",
+        description="filter_groups: extra generation rounds per step at most, each of rollout.prompts_per_step prompts",
     )
     overlong: Literal["none", "filter", "penalty"] = Field(
         "none",
@@ -202,6 +223,13 @@ class AlgoConfig(Section):
         "rollout.max_new_tokens",
     )
     overlong_penalty: float = Field(1.0, ge=0.0, description="soft overlong penalty at rollout.max_new_tokens")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        # until 2026-11 these were dynamic_sampling*; "sampling" now means token sampling only
+        return renamed_keys(data, "algo", {"dynamic_sampling": "filter_groups",
+                                           "dynamic_sampling_max_rounds": "filter_groups_max_rounds"})
 
 
 class TransferConfig(Section):
@@ -232,10 +260,14 @@ class LearnerConfig(Section):
         "plain", description="'fused': log-probs from hidden states in vocabulary chunks (no full logits)"
     )
     vocab_chunk: int = Field(8192, ge=1, description="vocabulary chunk of the fused log-prob, counted in tokens")
+    weight_compression: Literal["none", "neuzip"] = Field(
+        "none", description="'neuzip': linear and embedding weights held losslessly compressed (entropy-coded "
+        "exponents, DESIGN 4.11), decompressed per layer in forward and backward; needs the rlft[neuzip] extra",
+    )
 
 
 class OptimConfig(Section):
-    name: str = Field("adamw", description="optimizer")
+    name: str = Field("adamw", description="optimizer (listed in --help)")
     lr: float = Field(1e-4, gt=0.0, description="learning rate")
     betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas")
     eps: float = Field(1e-8, gt=0.0, description="Adam epsilon")
@@ -249,11 +281,18 @@ class OptimConfig(Section):
     )
     flora_rank: int = Field(8, ge=1, description="Flora: rank r of the random projection")
     flora_kappa: int = Field(1000, ge=1, description="Flora: steps between momentum re-projections")
+    zo_eps: float = Field(1e-3, gt=0.0, description="zo: perturbation size ε of the SPSA estimate (DESIGN 4.10)")
+    zo_perturbations: int = Field(
+        1, ge=1, description="zo: perturbations K per optimizer step (2K forward passes; optim.grad_clip does not apply)"
+    )
+    zo_offload: bool = Field(
+        False, description="zo on CUDA: blocks live on the CPU and stream through the GPU (ZO2), the update deferred"
+    )
 
 
 class LoraConfig(Section):
-    kind: Literal["none", "lora", "polar", "reflora", "reflora-s"] = Field(
-        "none", description="adapter on the policy's linear layers ('none': full fine-tuning)"
+    kind: str = Field(
+        "none", description="adapter kind on the policy's linear layers ('none': full fine-tuning; kinds listed in --help)"
     )
     rank: int = Field(8, ge=1, description="adapter rank r")
     alpha: float = Field(16.0, gt=0.0, description="scale: delta W = (alpha / r) * B A")
@@ -288,10 +327,15 @@ class TrainConfig(Section):
         description="async: learner updates at most between the policy that drew a batch and the one that trains "
         "on it (1: one-step off-policy; 0: the same run as sync)",
     )
+    max_nonfinite_steps: int = Field(
+        3, ge=0, description="steps in a row whose loss or gradient is NaN/inf (each skipped: no weight or optimizer "
+                             "change) tolerated; one more and the run saves a checkpoint and stops",
+    )
 
 
 class RayConfig(Section):
-    address: str | None = Field(None, description="join this Ray cluster (e.g. 'auto'); default: start a local one")
+    address: str | None = Field(None, description="join this Ray cluster (host:port of its GCS, or 'auto'); default: "
+                                "start a private local Ray that listens on loopback only")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray instance (default: all)")
     torch_threads: int | None = Field(
         None, ge=1, description="torch threads per actor (default: all cores; half of them with train.mode=async)"
@@ -429,12 +473,15 @@ def build_config(tree: dict) -> RLConfig:
 
 def check_names(cfg: RLConfig) -> None:
     """Names that live in registries (filled on import) are checked here rather than by Literal types."""
-    from rlft.algorithms import ADVANTAGES, AGGREGATIONS
+    from rlft.algorithms import ADVANTAGES, AGGREGATIONS, POLICY_LOSSES
+    from rlft.lora import LORA_KINDS
     from rlft.optim import OPTIMIZERS
 
     ADVANTAGES.get(cfg.algo.advantage, key="algo.advantage")
     AGGREGATIONS.get(cfg.algo.aggregation, key="algo.aggregation")
+    POLICY_LOSSES.get(cfg.algo.policy_loss, key="algo.policy_loss")
     OPTIMIZERS.get(cfg.optim.name, key="optim.name")
+    LORA_KINDS.get(cfg.lora.kind, key="lora.kind")
     t, g = cfg.transfer, cfg.rollout.group_size
     if t.sources and not (2 * t.num_transferred <= g and t.num_transferred <= t.num_extra):
         raise ConfigError(
@@ -468,6 +515,8 @@ def check_async(cfg: RLConfig) -> None:
 def check_learner(cfg: RLConfig) -> None:
     """Refuse learner settings that would run but silently not do what they say."""
     ln = cfg.learner
+    if ln.weight_compression == "neuzip":
+        check_neuzip(cfg)
     if ln.backend == "torch":
         if ln.num_workers > 1:
             raise ConfigError(
@@ -481,21 +530,37 @@ def check_learner(cfg: RLConfig) -> None:
             "pip install 'rlft[deepspeed]', or set learner.backend=torch"
         )
     # ZeRO hands the optimizer flat 1-D slices of the parameters, and gradients only after their reduction
-    if cfg.optim.name in ("flora", "adamw-4bit-factor"):
-        raise ConfigError(
-            f"optim.name={cfg.optim.name} does not work with learner.backend=deepspeed: it needs each weight's "
-            "matrix shape, and ZeRO gives the optimizer flat slices; use optim.name=adamw or adamw-4bit"
-        )
-    if cfg.lora.kind in ("polar", "reflora", "reflora-s"):
-        raise ConfigError(
-            f"lora.kind={cfg.lora.kind} does not work with learner.backend=deepspeed: its pre-step update needs "
-            "whole gradients, which ZeRO keeps in slices; use lora.kind=lora or none, or learner.backend=torch"
-        )
+    from rlft.lora import LORA_KINDS
+    from rlft.optim import OPTIMIZERS
+
+    zero_refuses = {"whole_matrices", "whole_gradients", "loss_closure"}
+    for key, registry, name in (("optim.name", OPTIMIZERS, cfg.optim.name), ("lora.kind", LORA_KINDS, cfg.lora.kind)):
+        for need in sorted(registry.needs(name) & zero_refuses):
+            raise ConfigError(
+                f"{key}={name} does not work with learner.backend=deepspeed: {NEEDS[need]}; use {key}= one of "
+                f"{registry.names_without(zero_refuses)}, or learner.backend=torch"
+            )
     if ln.zero_stage == 3 and ln.logprobs == "fused":
         raise ConfigError(
             "learner.logprobs=fused does not work with learner.zero_stage=3: it reads the output embedding outside "
             "the forward pass, where ZeRO-3 keeps only a slice; use learner.logprobs=plain or learner.zero_stage=2"
         )
+
+
+def check_neuzip(cfg: RLConfig) -> None:
+    """NeuZip swaps each layer's weight in for its forward; refuse the paths that read weights elsewhere."""
+    from rlft.optim import needs_backward
+
+    fix = "or set learner.weight_compression=none"
+    if cfg.learner.logprobs == "fused":
+        raise ConfigError("learner.weight_compression=neuzip does not work with learner.logprobs=fused: the fused "
+                          f"log-prob reads the LM head outside its forward; set learner.logprobs=plain, {fix}")
+    if not needs_backward(cfg.optim.name):
+        raise ConfigError(f"learner.weight_compression=neuzip does not work with optim.name={cfg.optim.name}: both "
+                          f"hand each layer its weights during its forward; use optim.name=adamw, {fix}")
+    if cfg.learner.backend != "torch":
+        raise ConfigError("learner.weight_compression=neuzip works with learner.backend=torch only: ZeRO partitions "
+                          f"the weights it would compress; set learner.backend=torch, {fix}")
 
 
 def resolve_config(

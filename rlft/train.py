@@ -18,15 +18,34 @@ from rlft.errors import ConfigError, UserError
 
 
 def _help_epilog() -> str:
-    from rlft.algorithms import ALGO_PRESETS
-    from rlft.config import describe_options
+    import typing
+
+    from rlft.algorithms import ADVANTAGES, AGGREGATIONS, ALGO_PRESETS, POLICY_LOSSES
+    from rlft.config import RolloutConfig, describe_options
+    from rlft.lora import LORA_KINDS
+    from rlft.optim import OPTIMIZERS
     from rlft.reward.registry import REWARDS
 
+    def listing(registry) -> str:
+        """`name [needs: ...]`, comma-separated: each entry with what it declared it needs."""
+        return ", ".join(n + (f" [needs {', '.join(sorted(registry.needs(n)))}]" if registry.needs(n) else "")
+                         for n in registry.names())
+
     algos = "\n".join(f"  {name:14s} {ALGO_PRESETS.get(name)['algo']}" for name in ALGO_PRESETS.names())
+    engines = ", ".join(typing.get_args(RolloutConfig.model_fields["engine"].annotation))
+    registries = [
+        ("advantage estimators (algo.advantage)", listing(ADVANTAGES)),
+        ("aggregations (algo.aggregation)", listing(AGGREGATIONS)),
+        ("policy losses (algo.policy_loss)", listing(POLICY_LOSSES)),
+        ("optimizers (optim.name)", listing(OPTIMIZERS)),
+        ("adapter kinds (lora.kind)", listing(LORA_KINDS)),
+        ("rewards (--reward, or 'file.py:fn' / 'package.module:fn')", listing(REWARDS)),
+        ("rollout engines (rollout.engine)", engines),
+    ]
     return (
-        f"algorithms (--algo):\n{algos}\n\nrewards (--reward, or 'file.py:fn' / 'package.module:fn'):\n  "
-        + ", ".join(REWARDS.names())
-        + "\n\noptions (key=value, dotted):\n"
+        f"algorithms (--algo):\n{algos}\n\n"
+        + "".join(f"{title}:\n  {names}\n\n" for title, names in registries)
+        + "options (key=value, dotted):\n"
         + describe_options()
     )
 

@@ -165,7 +165,7 @@ def run_engine(model, tokenizer, schedule, prompts, params, device, warmup=(), *
     groups = generate(engine, prompts, params)
     sync(device)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
-    s = engine.stats
+    s = engine.stats()
     tokens = sum(len(c.token_ids) for g in groups for c in g)
     row = {
         "slots": engine_kwargs["max_slots"], "wall_s": wall, "cpu_s": cpu, "decode_steps": s["decode_steps"],
@@ -173,8 +173,8 @@ def run_engine(model, tokenizer, schedule, prompts, params, device, warmup=(), *
         "peak_kv_bytes": s["peak_kv_bytes"], "reserved_kv_bytes": s["reserved_kv_bytes"],
         "mean_rows_per_step": s["decode_rows"] / max(1, s["decode_steps"]),
     }
-    if s["length_predictions"]:
-        row["length_predictor"] = predictor_errors(s["length_predictions"])
+    if engine.length_predictions:
+        row["length_predictor"] = predictor_errors(engine.length_predictions)
     return row, groups
 
 

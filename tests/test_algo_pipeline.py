@@ -1,4 +1,4 @@
-"""The algorithm options through the real Trainer and Ray: TPO sources, dynamic sampling, overlong penalty,
+"""The algorithm options through the real Trainer and Ray: TPO sources, group filtering, overlong penalty,
 KL as a reward penalty and truncated IS all run together and show up in the metrics."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from rlft.config import resolve_config
 pytestmark = pytest.mark.slow
 
 
-def test_tpo_dynamic_sampling_and_kl_reward_run_end_to_end(tmp_path):
+def test_tpo_group_filtering_and_kl_reward_run_end_to_end(tmp_path):
     import ray
 
     from rlft.pipeline.driver import train

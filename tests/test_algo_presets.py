@@ -18,14 +18,14 @@ def test_every_preset_resolves_to_a_valid_config(name):
 
 def test_grpo_token_is_dapos_recipe():
     algo = resolve_config("grpo-token").algo
-    assert (algo.aggregation, algo.clip_eps_high, algo.dynamic_sampling, algo.overlong) == (
+    assert (algo.aggregation, algo.clip_eps_high, algo.filter_groups, algo.overlong) == (
         "token-mean", 0.28, True, "penalty"
     )
 
 
 def test_key_value_overrides_beat_the_preset():
-    algo = resolve_config("grpo-token", None, ["algo.dynamic_sampling=false", "algo.aggregation=balanced"]).algo
-    assert not algo.dynamic_sampling and algo.aggregation == "balanced" and algo.clip_eps_high == 0.28
+    algo = resolve_config("grpo-token", None, ["algo.filter_groups=false", "algo.aggregation=balanced"]).algo
+    assert not algo.filter_groups and algo.aggregation == "balanced" and algo.clip_eps_high == 0.28
 
 
 def test_presets_set_only_algorithm_options():

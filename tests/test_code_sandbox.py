@@ -178,3 +178,42 @@ def test_humaneval_canonical_solutions_pass_and_pass_bodies_fail_every_task():
     assert len(rows) == 164
     assert [r["task_id"] for r, res in zip(rows, canonical) if not res.passed] == []
     assert [r["task_id"] for r, res in zip(rows, stubs) if res.passed] == []
+
+
+# clears the read-only flag the sandbox set on '/' (mount_setattr), remounts the target writable, then
+# writes there: the escape that worked while sandboxed code kept root's capabilities
+REMOUNT_ATTACK = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+class MountAttr(ctypes.Structure):
+    _fields_ = [("set", ctypes.c_uint64), ("clear", ctypes.c_uint64), ("prop", ctypes.c_uint64), ("fd", ctypes.c_uint64)]
+attr = MountAttr(0, 1, 0, 0)  # clear MOUNT_ATTR_RDONLY, recursively from /
+libc.syscall(442, -100, b"/", 0x8000, ctypes.byref(attr), ctypes.sizeof(attr))
+libc.mount(b"none", TARGET.encode(), None, 0x20 | 0x1000, None)  # MS_REMOUNT | MS_BIND, without MS_RDONLY
+try:
+    open(os.path.join(TARGET, "escaped.txt"), "w").write("out")
+except OSError:
+    pass
+else:
+    raise SystemExit("wrote into the parent's folder")
+"""
+
+
+def test_kernel_layers_stop_the_remount_escape_without_the_audit_hook(tmp_path):
+    if "namespaces" not in run("pass").isolation:
+        pytest.skip("this machine allows no namespaces (needs root or unprivileged user namespaces)")
+    result = run(f"TARGET = {str(tmp_path)!r}\n" + REMOUNT_ATTACK, audit_hook=False, timeout_s=10.0)
+    assert not (tmp_path / "escaped.txt").exists()
+    assert result.passed, result.stderr
+    assert "nocaps" in result.isolation and "audit" not in result.isolation
+
+
+def test_missing_kernel_layers_are_reported_once(monkeypatch, caplog):
+    from rlft.reward import sandbox
+
+    monkeypatch.setattr(sandbox, "_missing_reported", False)
+    with caplog.at_level("WARNING", logger="rlft"):
+        sandbox._report_missing_layers(("rlimits", "audit"))
+        sandbox._report_missing_layers(("rlimits", "audit"))
+    warnings = [r.getMessage() for r in caplog.records if "less isolation" in r.getMessage()]
+    assert len(warnings) == 1 and all(name in warnings[0] for name in ("namespaces", "readonly", "nocaps"))

@@ -121,3 +121,11 @@ def test_old_rollout_sampling_key_is_accepted_with_a_deprecation_message():
     assert cfg.rollout.scheduling == "micro"
     with pytest.raises(ConfigError, match="old name of rollout.scheduling"):
         resolve_config(None, None, ["rollout.sampling=micro", "rollout.scheduling=full"])
+
+
+def test_old_dynamic_sampling_keys_are_accepted_with_a_deprecation_message():
+    with pytest.warns(DeprecationWarning, match="algo.dynamic_sampling is deprecated: it is now algo.filter_groups"):
+        cfg = resolve_config(None, None, ["algo.dynamic_sampling=true", "algo.dynamic_sampling_max_rounds=5"])
+    assert cfg.algo.filter_groups and cfg.algo.filter_groups_max_rounds == 5
+    with pytest.raises(ConfigError, match="old name of algo.filter_groups"):
+        resolve_config(None, None, ["algo.dynamic_sampling=true", "algo.filter_groups=false"])

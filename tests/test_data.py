@@ -71,3 +71,48 @@ def test_gsm8k_file_loads_with_question_field(shared_data, tokenizer):
     cfg = DataConfig(source=str(shared_data / "gsm8k_test.jsonl"), prompt_field="question", eval_size=10)
     task = build_task(cfg, tokenizer, seed=0)
     assert len(task.eval_rows) == 10 and "####" in task.eval_rows[0]["answer"]
+
+
+def _rows_file(tmp_path, rows: list[dict]):
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+GOOD = [{"prompt": f"{i}+1=", "answer": str(i + 1)} for i in range(20)]
+
+
+@pytest.mark.parametrize("bad, field", [
+    ({"prompt": "", "answer": "3"}, "prompt"), ({"prompt": "  ", "answer": "3"}, "prompt"),
+    ({"answer": "3"}, "prompt"), ({"prompt": "1+2=", "answer": None}, "answer"),
+    ({"prompt": "1+2=", "answer": ""}, "answer"), ({"prompt": "1+2="}, "answer"),
+])
+def test_row_with_missing_or_empty_field_stops_at_start_naming_row_and_field(tmp_path, tokenizer, bad, field):
+    path = _rows_file(tmp_path, [*GOOD[:6], bad, *GOOD[6:]])
+    with pytest.raises(UserError) as e:
+        build_task(DataConfig(source=str(path), eval_size=2), tokenizer, seed=0)
+    assert f"row 7 " in str(e.value) and f"field {field!r}" in str(e.value) and "data.bad_rows=skip" in str(e.value)
+
+
+def test_prompt_longer_than_context_minus_response_budget_stops_at_start(tmp_path, tokenizer):
+    path = _rows_file(tmp_path, [*GOOD[:3], {"prompt": "1+" * 40 + "1=", "answer": "41"}, *GOOD[3:]])
+    build_task(DataConfig(source=str(path), eval_size=2), tokenizer, seed=0, prompt_budget=None)  # no check asked
+    with pytest.raises(UserError, match=r"row 4 .*field 'prompt'.* 8[0-9] tokens.*\(64\)"):
+        build_task(DataConfig(source=str(path), eval_size=2), tokenizer, seed=0, prompt_budget=64)
+
+
+def test_bad_rows_skip_drops_and_counts_them(tmp_path, tokenizer, caplog):
+    bad = [{"prompt": "", "answer": "1"}, {"prompt": "2+2=", "answer": ""}, {"prompt": "1+" * 40 + "1=", "answer": "41"}]
+    path = _rows_file(tmp_path, [*GOOD, *bad])
+    with caplog.at_level("WARNING", logger="rlft"):
+        task = build_task(DataConfig(source=str(path), eval_size=2, bad_rows="skip"), tokenizer, seed=0, prompt_budget=64)
+    assert len(task.train_rows) + len(task.eval_rows) == len(GOOD)
+    assert task.skipped == {"empty prompt": 1, "empty answer": 1, "prompt too long for the context": 1}
+    assert "skipped 3 bad rows" in caplog.text
+
+
+def test_context_length_is_read_from_the_model_config():
+    from rlft.config import ModelConfig
+    from rlft.models.loading import context_length
+
+    assert context_length(ModelConfig()) == 2048  # the embedded model's max_position_embeddings

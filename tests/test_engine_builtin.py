@@ -128,10 +128,10 @@ def test_continuous_refill_follows_the_scheduler_step_for_step(lm, mode):
     groups = generate(engine, prompts, SamplingParams(n=5, temperature=1.0, max_new_tokens=30, seed=2))
     lengths = [[len(c.token_ids) for c in g] for g in groups]
     assert len({n for row in lengths for n in row}) > 4  # the workload has spread
-    scheduler = SlotScheduler(mode, 5, len(prompts), 5, 2, engine.stats["probe_tokens"], predicted)
-    assert engine.stats["decode_steps"] == simulate(scheduler, lengths)["decode_steps"]
+    scheduler = SlotScheduler(mode, 5, len(prompts), 5, 2, engine.stats()["probe_tokens"], predicted)
+    assert engine.stats()["decode_steps"] == simulate(scheduler, lengths)["decode_steps"]
     if mode == "infinite":
-        assert engine.stats["probe_tokens"] == 3
+        assert engine.stats()["probe_tokens"] == 3
 
 
 def test_samples_share_their_prompt_blocks(lm):
@@ -142,7 +142,7 @@ def test_samples_share_their_prompt_blocks(lm):
                            logits_processor=lambda p, g, x: _no_eos(x, tokenizer.eos_token_id))
     generate(engine, [prompt], SamplingParams(n=8, temperature=1.0, max_new_tokens=17))
     # 16 of the 17 response tokens are fed back (the last one never is): one own block per sample
-    assert engine.stats["peak_kv_bytes"] == (4 + 8) * engine.stats["kv_block_bytes"]
+    assert engine.stats()["peak_kv_bytes"] == (4 + 8) * engine.stats()["kv_block_bytes"]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -157,7 +157,7 @@ def test_reserved_kv_is_open_prompts_parked_probes_and_a_longest_response_per_sl
                            block_size=16, logits_processor=lambda p, g, x: _eos_at(x, g, tokenizer.eos_token_id, 11))
     groups = generate(engine, [prompt], SamplingParams(n=8, temperature=1.0, max_new_tokens=40, seed=1))
     assert {len(c.token_ids) for c in groups[0]} == {11}  # the reservation is for max_new_tokens, not the lengths
-    stats = engine.stats
+    stats = engine.stats()
     if mode == "infinite":  # all 8 probes (3 tokens: one block each) park before any sample continues
         assert stats["reserved_kv_blocks"] == 4 + 8 + 2 * 3
     else:
@@ -208,7 +208,7 @@ def test_an_abandoned_call_leaves_no_kv_blocks_behind(lm):
     generate(engine, prompts, params)
     fresh = BuiltinEngine(model, tokenizer, max_slots=2)
     generate(fresh, prompts, params)
-    assert engine.stats["peak_kv_bytes"] == fresh.stats["peak_kv_bytes"]
+    assert engine.stats()["peak_kv_bytes"] == fresh.stats()["peak_kv_bytes"]
     assert engine.cache.blocks_in_use == 0
 
 

@@ -187,3 +187,23 @@ def test_gsm8k_answers_verify_with_and_without_thousands_separators_and_neighbou
             if answers_equal(extract_answer(text), gold) is not expected:
                 misses.append((gold, text))
     assert len(rows) == 1319 and misses == []
+
+
+@pytest.mark.parametrize("pred, gold, equal", [
+    ("2516_9", "2516_8", False), ("52_8", "52_9", False), ("2516_8", "2516_8", True),
+    ("2516_{8}", "2516_8", True), ("4210_5", "4210_{5}", True),
+    ("2516", "2516_8", True),   # a bare numeral is read in the base the gold names
+    ("1358", "2516_8", False),  # the decimal value is not the answer in base 8 the problem asked for
+    ("1358_{10}", "2516_8", True), ("1010_2", "10", True), ("1010_2", "11", False),
+    ("\\frac{1}{2}", "2516_8", False), ("x_1", "x_1", True), ("x_2", "x_1", False),
+])
+def test_base_subscripts_are_compared_as_part_of_the_answer(pred, gold, equal):
+    assert answers_equal(pred, gold) is equal
+
+
+@pytest.mark.parametrize("pred, gold, equal", [
+    ("\\text{4.5}", "4.5", True), ("4.5", "\\text{4.5}", True), ("\\text{4}", "4", True),
+    ("\\text{4.6}", "4.5", False), ("\\mathrm{12}", "12", True), ("\\text{(C)}", "\\text{(C)}", True),
+])
+def test_text_around_a_number_is_stripped(pred, gold, equal):
+    assert answers_equal(pred, gold) is equal

@@ -50,7 +50,14 @@ def test_few_steps_through_ray_write_metrics_checkpoints_and_summary(ray_cluster
     run = tmp_path / "a"
     assert summary["steps"] == 3 and 0.0 <= summary["final_accuracy"] <= 1.0
     assert json.loads((run / "summary.json").read_text())["steps"] == 3
-    assert sorted(_records(run)) == [0, 1, 2, 3]
+    records = _records(run)
+    assert sorted(records) == [0, 1, 2, 3]
+    # the engine's own statistics reach every step's record, and the summary holds their sum over the run
+    for key in ("decode_steps", "generated_tokens", "peak_kv_bytes", "reserved_kv_bytes", "length_predictions"):
+        assert all(f"rollout/{key}" in records[step] for step in (1, 2, 3)), key
+    assert all(records[step]["rollout/decode_steps"] > 0 for step in (1, 2, 3))
+    decode_steps = sum(records[step]["rollout/decode_steps"] for step in (1, 2, 3))
+    assert json.loads((run / "summary.json").read_text())["rollout/decode_steps"] == decode_steps
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert ckpts == ["step_000002", "step_000003"]  # keep_checkpoints=2, no staging leftovers
     from transformers import AutoModelForCausalLM

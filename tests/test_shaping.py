@@ -1,4 +1,4 @@
-"""Batch shaping: overlong penalty and filtering, dynamic sampling's drop-and-refill with its cap, KL as reward."""
+"""Batch shaping: overlong penalty and filtering, group filtering's drop-and-refill with its cap, KL as reward."""
 
 from __future__ import annotations
 
@@ -74,8 +74,8 @@ def sampler_for(overrides, informative):
     return GroupSampler(cfg, FakeTask(), lambda s: [ord(c) for c in s], generate, score), calls
 
 
-def test_dynamic_sampling_drops_equal_groups_and_refills_from_fresh_prompts():
-    sampler, calls = sampler_for(["algo.dynamic_sampling=true"], informative=lambda i: i % 2 == 1)
+def test_group_filtering_drops_equal_groups_and_refills_from_fresh_prompts():
+    sampler, calls = sampler_for(["algo.filter_groups=true"], informative=lambda i: i % 2 == 1)
     groups, metrics = sampler.draw(step=7)
     assert [row["prompt"] for row in groups.rows] == ["q7-1", "q7-3", "q7-5", "q7-7"]
     assert metrics["shaping/rounds"] == 2 and metrics["shaping/kept_groups"] == 4
@@ -83,17 +83,17 @@ def test_dynamic_sampling_drops_equal_groups_and_refills_from_fresh_prompts():
     assert metrics["train/equal_reward_groups"] == 0.5  # statistics of the first round, before dropping
 
 
-def test_dynamic_sampling_stops_at_the_round_cap_and_trains_on_what_it_has():
+def test_group_filtering_stops_at_the_round_cap_and_trains_on_what_it_has():
     sampler, calls = sampler_for(
-        ["algo.dynamic_sampling=true", "algo.dynamic_sampling_max_rounds=2"], informative=lambda i: i == 2
+        ["algo.filter_groups=true", "algo.filter_groups_max_rounds=2"], informative=lambda i: i == 2
     )
     groups, metrics = sampler.draw(step=1)
     assert len(groups) == 1 and calls == [4, 4, 4] and metrics["shaping/rounds"] == 3
-    sampler, _ = sampler_for(["algo.dynamic_sampling=true"], informative=lambda i: False)
+    sampler, _ = sampler_for(["algo.filter_groups=true"], informative=lambda i: False)
     assert len(sampler.draw(step=1)[0]) == 0  # nothing to learn: the driver skips the update
 
 
-def test_without_dynamic_sampling_every_group_is_kept():
+def test_without_group_filtering_every_group_is_kept():
     sampler, calls = sampler_for([], informative=lambda i: False)
     groups, metrics = sampler.draw(step=1)
     assert len(groups) == 4 and calls == [4] and "shaping/rounds" not in metrics

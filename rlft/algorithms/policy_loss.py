@@ -1,8 +1,20 @@
-"""Per-token policy-gradient loss, importance ratios and the KL estimators; all shapes [sequences, tokens]."""
+"""Per-token policy-gradient losses (`algo.policy_loss`), importance ratios and the KL estimators.
+
+All shapes are [sequences, tokens]. A policy loss is a registry entry
+`(log_ratio [n, T], advantages [n, 1], algo_cfg) -> (loss [n, T], clipped [n, T] bool)`; the
+aggregation weights, TIS, KL and entropy terms are applied around it (rlft/learner/loss.py).
+"""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
+
+from rlft.registry import Registry
+
+PolicyLoss = Callable[[torch.Tensor, torch.Tensor, object], tuple[torch.Tensor, torch.Tensor]]
+POLICY_LOSSES: Registry[PolicyLoss] = Registry("policy loss")
 
 
 def importance_log_ratio(
@@ -43,6 +55,28 @@ def clipped_surrogate(
     if dual_clip is not None:
         loss = torch.where(advantages < 0, torch.minimum(loss, -dual_clip * advantages), loss)
     return loss, (clipped > unclipped)
+
+
+@POLICY_LOSSES.register("ppo-clip")
+def ppo_clip_loss(log_ratio: torch.Tensor, advantages: torch.Tensor, algo_cfg) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate with algo.clip_eps_low/high and algo.dual_clip (GRPO, DAPO, GSPO use it)."""
+    return clipped_surrogate(log_ratio, advantages, algo_cfg.clip_eps_low, algo_cfg.clip_eps_high, algo_cfg.dual_clip)
+
+
+@POLICY_LOSSES.register("cispo")
+def cispo_loss(log_ratio: torch.Tensor, advantages: torch.Tensor, algo_cfg) -> tuple[torch.Tensor, torch.Tensor]:
+    """CISPO (MiniMax-M1): l = -sg(clip(rho, 1-eps_low, 1+eps_high)) * A * rho / sg(rho).
+
+    The clip bounds the importance weight, not the update: every token keeps a gradient
+    -clip(rho) * A * grad log pi, where PPO's clip zeroes it. algo.dual_clip c caps the weight at c
+    for negative advantages.
+    """
+    ratio = torch.exp(log_ratio)
+    weight = ratio.detach().clamp(1.0 - algo_cfg.clip_eps_low, 1.0 + algo_cfg.clip_eps_high)
+    if algo_cfg.dual_clip is not None:
+        weight = torch.where(advantages < 0, weight.clamp(max=algo_cfg.dual_clip), weight)
+    loss = -advantages * weight * ratio / ratio.detach()
+    return loss, weight != ratio.detach()
 
 
 def truncated_is_weights(

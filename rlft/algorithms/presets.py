@@ -16,10 +16,10 @@ def register_algo(name: str, **algo_options) -> None:
 
 
 register_algo("grpo", advantage="grpo", aggregation="seq-mean-token-mean")
-# DAPO's recipe: token-level loss, clip-higher, dynamic sampling, soft overlong punishment
+# DAPO's recipe: token-level loss, clip-higher, dynamic sampling (filter_groups), soft overlong punishment
 register_algo(
     "grpo-token", advantage="grpo", aggregation="token-mean", clip_eps_high=0.28,
-    dynamic_sampling=True, overlong="penalty",
+    filter_groups=True, overlong="penalty",
 )
 register_algo("dr-grpo", advantage="dr-grpo", aggregation="seq-mean-token-sum-norm")
 register_algo("grpo-ba", advantage="grpo", aggregation="balanced")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 
 from rlft.errors import UserError
+
+log = logging.getLogger("rlft")
 
 LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
@@ -35,6 +38,11 @@ def load_rows(source: str, split: str, subset: str | None = None) -> list[dict]:
     return [dict(row) for row in ds]
 
 
+def _empty(value: object) -> bool:
+    """A missing value: None, or text that is only whitespace (0 and False are answers)."""
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
 class PromptFormatter:
     """Turns a dataset row into prompt text: the template, then (optionally) the chat template."""
 
@@ -60,16 +68,20 @@ class PromptFormatter:
 class FileTask:
     """Train batches by step (a seeded shuffle per epoch) and the held-out rows, from files or datasets."""
 
-    def __init__(self, data_cfg, tokenizer, seed: int = 0):
+    def __init__(self, data_cfg, tokenizer, seed: int = 0, prompt_budget: int | None = None):
         self.cfg = data_cfg
         self.seed = seed
+        self.prompt_budget = prompt_budget
+        self.skipped: dict[str, int] = {}  # bad rows dropped under data.bad_rows=skip, by reason
         fmt = PromptFormatter(data_cfg, tokenizer)
-        self.train_rows = self._prepare(load_rows(data_cfg.source, data_cfg.split, data_cfg.subset), fmt, tokenizer)
+        self.train_rows = self._prepare(load_rows(data_cfg.source, data_cfg.split, data_cfg.subset), fmt, tokenizer,
+                                        data_cfg.source)
         if not self.train_rows:
             raise UserError(f"no usable rows in {data_cfg.source!r} (all longer than data.max_prompt_tokens?)")
         if data_cfg.eval_source or not is_local_file(data_cfg.source):
             eval_rows = load_rows(data_cfg.eval_source or data_cfg.source, data_cfg.eval_split, data_cfg.subset)
-            self.eval_rows = self._prepare(eval_rows, fmt, tokenizer)[: data_cfg.eval_size]
+            self.eval_rows = self._prepare(eval_rows, fmt, tokenizer, data_cfg.eval_source or data_cfg.source)[
+                : data_cfg.eval_size]
         else:  # one local file: hold out a seeded slice of it (at most a fifth)
             order = list(range(len(self.train_rows)))
             random.Random(f"held-out-{seed}").shuffle(order)
@@ -77,18 +89,40 @@ class FileTask:
             self.eval_rows = [self.train_rows[i] for i in sorted(held)]
             self.train_rows = [r for i, r in enumerate(self.train_rows) if i not in held]
         self._epoch_order: tuple[int, list[int]] = (-1, [])
+        if self.skipped:
+            log.warning("data: skipped %d bad rows (data.bad_rows=skip): %s", sum(self.skipped.values()),
+                        ", ".join(f"{n} {why}" for why, n in sorted(self.skipped.items())))
 
-    def _prepare(self, rows: list[dict], fmt: PromptFormatter, tokenizer) -> list[dict]:
+    def _prepare(self, rows: list[dict], fmt: PromptFormatter, tokenizer, source: str) -> list[dict]:
         out = []
-        answer_field = self.cfg.answer_field
-        for row in rows:
-            if answer_field not in row:
-                raise UserError(f"data.answer_field {answer_field!r} is not a field of the data; fields: {sorted(row)}")
-            text = fmt(row)
-            if len(tokenizer(text)["input_ids"]) > self.cfg.max_prompt_tokens:
+        cfg = self.cfg
+        if rows and cfg.answer_field not in rows[0]:
+            raise UserError(f"data.answer_field {cfg.answer_field!r} is not a field of the data; fields: {sorted(rows[0])}")
+        for number, row in enumerate(rows, start=1):
+            if cfg.prompt_field in rows[0] and _empty(row.get(cfg.prompt_field)):
+                self._bad(source, number, "empty prompt", f"its prompt (field {cfg.prompt_field!r}) is missing or empty")
                 continue
-            out.append({**row, "prompt": text, "answer": row[answer_field]})
+            if _empty(row.get(cfg.answer_field)):
+                self._bad(source, number, "empty answer", f"its answer (field {cfg.answer_field!r}) is missing or empty")
+                continue
+            text = fmt(row)
+            length = len(tokenizer(text)["input_ids"])
+            if self.prompt_budget is not None and length > self.prompt_budget:
+                self._bad(source, number, "prompt too long for the context",
+                          f"its prompt (field {cfg.prompt_field!r}) is {length} tokens, more than the "
+                          f"model's context leaves beside rollout.max_new_tokens ({self.prompt_budget})")
+                continue
+            if length > cfg.max_prompt_tokens:
+                continue
+            out.append({**row, "prompt": text, "answer": row[cfg.answer_field]})
         return out
+
+    def _bad(self, source: str, number: int, reason: str, why: str) -> None:
+        """A bad row: stop naming it (data.bad_rows=error) or count it (skip)."""
+        if self.cfg.bad_rows == "error":
+            raise UserError(f"{source}: row {number} (counting from 1): {why}; fix or remove it, or set "
+                            "data.bad_rows=skip to drop such rows")
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
     def train_batch(self, step: int, size: int) -> list[dict]:
         """Rows for step `step` (1-based): consecutive slices of per-epoch seeded permutations."""

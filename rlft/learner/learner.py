@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 from rlft.learner.logprobs import token_logprobs
 from rlft.learner.loss import micro_batch_loss
+from rlft.learner.neuzip import NeuZip
 from rlft.lora import apply_lora, export_peft_adapter, lora_before_step, merged_state_dict, save_merged
 from rlft.models.loading import load_causal_lm, load_model_weights, pick_device, resolve_model_path
-from rlft.optim import build_optimizer
+from rlft.optim import build_optimizer, needs_backward
 from rlft.learner.types import TrainBatch
+from rlft.learner.zo_step import zo_update
 
 
 def merge_stats(totals: dict[str, float], stats: dict[str, float]) -> None:
@@ -37,6 +41,7 @@ class Learner:
             if self.lora:  # frozen embeddings: checkpointed blocks still need an input that wants grad
                 self.model.enable_input_require_grads()
         self.model.train()
+        self.neuzip = NeuZip(self.model) if cfg.learner.weight_compression == "neuzip" else None
         self.train_model = self.model  # what the training forward runs through (DeepSpeed: its engine)
         self.ref_model = None
         if cfg.algo.kl_coef > 0:
@@ -84,23 +89,45 @@ class Learner:
             rows = (batch.minibatch == m).nonzero().flatten()
             if len(rows) == 0:
                 continue
+            if not needs_backward(cfg.optim.name):  # zeroth-order: forward passes only (DESIGN 4.10)
+                stats = zo_update(self, batch.select(rows), old[rows] if old is not None else None,
+                                  ref[rows] if ref is not None else None)
+                self.scheduler.step()
+                self.optimizer_steps += 1
+                merge_stats(totals, stats)
+                continue
             self.optimizer.zero_grad(set_to_none=True)
             stats = self.accumulate_gradients(
                 batch.select(rows), old[rows] if old is not None else None, ref[rows] if ref is not None else None
             )
+            if not self._finite(stats):  # a NaN/inf loss or gradient: no weight, optimizer or schedule change
+                self.optimizer.zero_grad(set_to_none=True)
+                merge_stats(totals, {"nonfinite_steps": 1.0})
+                continue
             if self.lora:  # PoLAR's landing field, RefLoRA's preconditioning: on the summed gradient
                 lora_before_step(self.model, self.optimizer, self.optimizer_steps)
             stats["grad_norm"] = self._clip_gradients()
-            self.optimizer.step()
+            self.neuzip.step(self.optimizer) if self.neuzip else self.optimizer.step()
             self.scheduler.step()
             self.optimizer_steps += 1
             merge_stats(totals, stats)
         return self._step_metrics(totals, start)
 
+    def _finite(self, stats: dict[str, float]) -> bool:
+        """Whether the mini-batch's loss and every gradient are finite (checked before anything uses them)."""
+        if not math.isfinite(stats.get("pg_loss", 0.0)):
+            return False
+        grads = [p.grad.detach() for p in self.params if p.grad is not None]
+        return not grads or bool(torch.isfinite(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))))
+
     def _step_metrics(self, totals: dict[str, float], start: float) -> dict[str, float]:
-        """A batch's statistics summed over its optimizer steps -> per-step means (ratio_max: the largest)."""
+        """A batch's statistics summed over its optimizer steps -> per-step means (ratio_max: the largest;
+        nonfinite_steps: the count of optimizer steps skipped for a NaN/inf loss or gradient)."""
         steps = self.cfg.algo.num_minibatches
-        metrics = {f"learner/{k}": (v if k == "ratio_max" else v / steps) for k, v in totals.items()}
+        skipped = totals.pop("nonfinite_steps", 0.0)
+        steps_taken = max(1, steps - int(skipped))
+        metrics = {f"learner/{k}": (v if k == "ratio_max" else v / steps_taken) for k, v in totals.items()}
+        metrics["learner/nonfinite_steps"] = skipped
         metrics["learner/lr"] = self.scheduler.get_last_lr()[0]
         metrics["time/learner_s"] = time.perf_counter() - start
         return metrics
@@ -140,8 +167,13 @@ class Learner:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Policy weights on CPU under the base model's names (adapters merged): what rollout engines load."""
-        state = merged_state_dict(self.model) if self.lora else self.model.state_dict()
-        return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+        with self._full_weights():
+            state = merged_state_dict(self.model) if self.lora else self.model.state_dict()
+            return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+    def _full_weights(self, recompress: bool = False):
+        """Context in which NeuZip-compressed weights are whole tensors (a no-op without compression)."""
+        return self.neuzip.materialized(recompress) if self.neuzip else nullcontext()
 
     def save(self, path: str) -> None:
         """HF-format weights (safetensors, adapters merged) plus optimizer state into folder `path`.
@@ -149,6 +181,15 @@ class Learner:
         With adapters, the folder also holds `adapter_state.pt` (what resuming needs) and, for
         plain LoRA, a PEFT adapter in `adapter/`.
         """
+        with self._full_weights():
+            self._save_weights(path)
+        torch.save(
+            {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+             "optimizer_steps": self.optimizer_steps},
+            Path(path) / "optimizer.pt",
+        )
+
+    def _save_weights(self, path: str) -> None:
         if self.lora:
             save_merged(self.model, None, path)
             trainable = {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad}
@@ -159,11 +200,6 @@ class Learner:
                 )
         else:
             self.model.save_pretrained(path, safe_serialization=True)
-        torch.save(
-            {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-             "optimizer_steps": self.optimizer_steps},
-            Path(path) / "optimizer.pt",
-        )
 
     def load(self, path: str) -> None:
         """Weights (or adapters) and optimizer state from a folder written by `save`."""
@@ -174,7 +210,8 @@ class Learner:
                 for name, value in trainable.items():
                     params[name].copy_(value)
         else:
-            load_model_weights(self.model, path)
+            with self._full_weights(recompress=True):
+                load_model_weights(self.model, path)
         state = torch.load(Path(path) / "optimizer.pt", map_location=self.device, weights_only=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

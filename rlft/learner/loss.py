@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rlft.algorithms.policy_loss import clipped_surrogate, importance_log_ratio, kl_penalty, truncated_is_weights
+from rlft.algorithms.policy_loss import POLICY_LOSSES, importance_log_ratio, kl_penalty, truncated_is_weights
 
 
 def micro_batch_loss(
@@ -26,9 +26,7 @@ def micro_batch_loss(
     `rollout_logprobs` (the engine's sampling log-probs) are needed with `algo.tis_cap`.
     """
     log_ratio = importance_log_ratio(logprobs, old_logprobs, response_mask, algo_cfg.ratio_level)
-    pg, clipped = clipped_surrogate(
-        log_ratio, advantages[:, None], algo_cfg.clip_eps_low, algo_cfg.clip_eps_high, algo_cfg.dual_clip
-    )
+    pg, clipped = POLICY_LOSSES.get(algo_cfg.policy_loss)(log_ratio, advantages[:, None], algo_cfg)
     per_token = token_weights[:, None] * response_mask  # token-mean weights for KL, entropy and stats
     stats: dict[str, float] = {}
     if algo_cfg.tis_cap is not None:

@@ -6,10 +6,10 @@ rollout engine at each weight sync.
 """
 
 from rlft.lora.export import export_peft_adapter, merged_state_dict, save_merged
-from rlft.lora.hooks import landing_field, lora_before_step
+from rlft.lora.hooks import LORA_KINDS, landing_field, lora_before_step
 from rlft.lora.layers import LoraLinear, apply_lora, lora_layers
 
 __all__ = [
-    "LoraLinear", "apply_lora", "export_peft_adapter", "landing_field", "lora_before_step", "lora_layers",
+    "LORA_KINDS", "LoraLinear", "apply_lora", "export_peft_adapter", "landing_field", "lora_before_step", "lora_layers",
     "merged_state_dict", "save_merged",
 ]

@@ -7,14 +7,25 @@
 - reflora-s (after warm-up): A <- √s·A, B <- B/√s with s = ‖B‖/‖A‖, gradients and Adam moments
   rescaled to match, so the next step is taken in the balanced factorization.
 - lora: nothing.
+
+Each kind is an entry of LORA_KINDS (`lora.kind`) whose value is its per-layer pre-step update (or
+None); a kind whose update needs whole gradients declares needs={"whole_gradients"}, which the
+config refuses under DeepSpeed ZeRO. A new B·A kind is one entry here (PoLAR's X·Θ·Yᵀ factors
+live in layers.py).
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
 from rlft.lora.layers import LoraLinear, lora_layers
 from rlft.optim.base import scale_moments
+from rlft.registry import Registry
+
+PreStep = Callable[[LoraLinear, torch.optim.Optimizer, int], None]  # (layer, optimizer, optimizer steps taken)
+LORA_KINDS: Registry[PreStep | None] = Registry("adapter kind")
 
 EIG_FLOOR = 1e-10  # eigenvalues below this fraction of the largest are clamped (rank-deficient factors)
 
@@ -27,14 +38,32 @@ def lora_before_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, s
     `lora.reflora_warmup_steps`. A no-op for models without adapters.
     """
     for _, layer in lora_layers(model):
-        if layer.kind == "polar":
-            for factor in (layer.lora_X, layer.lora_Y):
-                if factor.grad is not None:
-                    factor.grad.copy_(landing_field(factor, factor.grad, layer.landing_lambda))
-        elif layer.kind == "reflora" and step >= layer.reflora_warmup_steps:
-            _refactor_gradients(layer)
-        elif layer.kind == "reflora-s" and step >= layer.reflora_warmup_steps:
-            _rebalance(layer, optimizer)
+        pre_step = LORA_KINDS.get(layer.kind)
+        if pre_step is not None:
+            pre_step(layer, optimizer, step)
+
+
+def _polar_step(layer: LoraLinear, optimizer: torch.optim.Optimizer, step: int) -> None:
+    for factor in (layer.lora_X, layer.lora_Y):
+        if factor.grad is not None:
+            factor.grad.copy_(landing_field(factor, factor.grad, layer.landing_lambda))
+
+
+def _reflora_step(layer: LoraLinear, optimizer: torch.optim.Optimizer, step: int) -> None:
+    if step >= layer.reflora_warmup_steps:
+        _refactor_gradients(layer)
+
+
+def _reflora_s_step(layer: LoraLinear, optimizer: torch.optim.Optimizer, step: int) -> None:
+    if step >= layer.reflora_warmup_steps:
+        _rebalance(layer, optimizer)
+
+
+LORA_KINDS.add("none", None)  # no adapter: full fine-tuning
+LORA_KINDS.add("lora", None)
+LORA_KINDS.add("polar", _polar_step, needs={"whole_gradients"})
+LORA_KINDS.add("reflora", _reflora_step, needs={"whole_gradients"})
+LORA_KINDS.add("reflora-s", _reflora_s_step, needs={"whole_gradients"})
 
 
 def landing_field(x: torch.Tensor, grad: torch.Tensor, lam: float) -> torch.Tensor:

@@ -36,12 +36,10 @@ class LoraLinear(nn.Module):
             self.lora_X = nn.Parameter(torch.linalg.qr(torch.randn(out_features, rank, **f32)).Q)
             self.lora_theta = nn.Parameter(torch.zeros(rank, rank, **f32))
             self.lora_Y = nn.Parameter(torch.linalg.qr(torch.randn(in_features, rank, **f32)).Q)
-        elif kind in ("lora", "reflora", "reflora-s"):
+        else:  # every other kind (rlft/lora/hooks.py: LORA_KINDS) is B·A, differing only in its pre-step update
             self.lora_A = nn.Parameter(torch.empty(rank, in_features, **f32))
             nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # PEFT's init
             self.lora_B = nn.Parameter(torch.zeros(out_features, rank, **f32))
-        else:
-            raise ValueError(f"unknown adapter kind {kind!r}")
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(B [out, r], A [r, in]) with delta W = scaling · B · A (PoLAR: B = X·Θ, A = Yᵀ)."""

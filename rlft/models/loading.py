@@ -39,6 +39,21 @@ def load_tokenizer(model_cfg):
     return tokenizer
 
 
+def context_length(model_cfg) -> int | None:
+    """The model's context window in tokens (its config's max_position_embeddings), or None when unstated."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_path(model_cfg.path), trust_remote_code=model_cfg.trust_remote_code)
+    except (OSError, ValueError):
+        return None  # loading the model itself reports the problem
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def load_causal_lm(model_cfg, device: str | torch.device = "cpu") -> torch.nn.Module:
     """The causal LM of `model_cfg.path` in `model_cfg.dtype` on `device`."""
     from transformers import AutoModelForCausalLM

@@ -74,7 +74,7 @@ def build_adamw_4bit(params: Iterable, cfg) -> torch.optim.Optimizer:
                      min_numel=cfg.quant_min_numel, block_size=cfg.quant_block_size)
 
 
-@OPTIMIZERS.register("adamw-4bit-factor")
+@OPTIMIZERS.register("adamw-4bit-factor", needs={"whole_matrices"})  # factors v by rows and columns
 def build_adamw_4bit_factor(params: Iterable, cfg) -> torch.optim.Optimizer:
     """4-bit m and Adafactor-factorized v for tensors of 2 or more dimensions."""
     return AdamW4bit(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,

@@ -113,7 +113,7 @@ class Flora(CompactAdamW):
             p.copy_(p32)
 
 
-@OPTIMIZERS.register("flora")
+@OPTIMIZERS.register("flora", needs={"whole_matrices"})  # projects each [out, in] gradient
 def build_flora(params: Iterable, cfg) -> torch.optim.Optimizer:
     """Flora: rank-`flora_rank` projected momentum, re-projected every `flora_kappa` steps (DESIGN 4.6)."""
     return Flora(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,

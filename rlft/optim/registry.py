@@ -17,6 +17,12 @@ def build_adamw(params: Iterable, cfg) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
+def needs_backward(name: str) -> bool:
+    """Whether optimizer `name` steps on gradients (False: it needs a loss closure, NEEDS 'loss_closure')."""
+    OPTIMIZERS.get(name, key="optim.name")
+    return "loss_closure" not in OPTIMIZERS.needs(name)
+
+
 def build_optimizer(params: Iterable, cfg) -> torch.optim.Optimizer:
     """The optimizer named by `cfg.name` (an OptimConfig) over `params`."""
     return OPTIMIZERS.get(cfg.name, key="optim.name")(params, cfg)

@@ -35,9 +35,11 @@ class RolloutWorker:
                                         kv_budget_tokens=r.kv_budget_tokens)
 
     def stream(self, prompt_ids: list[list[int]], params: SamplingParams):
-        """A Ray streaming generator: (index in `prompt_ids`, group as dicts) the moment each group completes."""
+        """A Ray streaming generator: (index in `prompt_ids`, group as dicts) the moment each group completes,
+        then (None, the engine's statistics of this call)."""
         for index, group in self.engine.generate_groups(prompt_ids, params):
             yield index, [vars(c) for c in group]
+        yield None, self.engine.stats()
 
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
         self.engine.load_weights(state)

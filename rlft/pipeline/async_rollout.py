@@ -29,6 +29,7 @@ class Draw:
     metrics: dict[str, float]
     timings: dict[str, float]  # seconds: rollout, reward
     generated: dict[str, int]  # samples, tokens, scored
+    engine: dict[str, float]  # the rollout engines' statistics of this draw (rollout/types.py ENGINE_STATS)
 
     def staleness(self, trained_version: int) -> dict[str, float]:
         """Staleness (learner updates between drawing and training) over this batch's samples."""

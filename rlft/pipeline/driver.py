@@ -20,17 +20,18 @@ from tqdm import tqdm
 from rlft.config import RLConfig, config_to_yaml
 from rlft.data import build_task
 from rlft.errors import UserError
-from rlft.models.loading import load_tokenizer
+from rlft.models.loading import context_length, load_tokenizer
 from rlft.pipeline import checkpoint as ckpt
 from rlft.pipeline.actors import start_actors
 from rlft.pipeline.async_rollout import Draw, RolloutQueue
 from rlft.pipeline.batch import assign_advantages, build_train_batch
 from rlft.pipeline.learner_group import LearnerGroup
+from rlft.pipeline.ray_session import close_ray, ray_session
 from rlft.pipeline.report import plot_curves
 from rlft.pipeline.shaping import GroupSampler, kl_reward_penalty
 from rlft.reward import RewardFailureError, check_failure_rate
 from rlft.rollout.streaming import GroupStream, score_groups
-from rlft.rollout.types import SamplingParams
+from rlft.rollout.types import SamplingParams, merge_engine_stats
 
 log = logging.getLogger("rlft")
 IN_FLIGHT = "in_flight.pt"  # async mode: the draws a checkpoint held in flight
@@ -55,11 +56,14 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = run_dir
         self.tokenizer = load_tokenizer(cfg.model)
-        self.task = build_task(cfg.data, self.tokenizer, cfg.train.seed)
+        context = context_length(cfg.model)  # a prompt must leave room for the response in it
+        self.task = build_task(cfg.data, self.tokenizer, cfg.train.seed,
+                               None if context is None else context - cfg.rollout.max_new_tokens)
         self.rollout, self.rewarders, self.learner = start_actors(cfg)
         self.eval_prompt_ids = [self._tokenize(r["prompt"]) for r in self.task.eval_rows]
         self.state = {"step": 0, "evals": [], "samples": 0, "tokens": 0, "train_seconds": 0.0}
         self.sampler = GroupSampler(cfg, self.task, self._tokenize, self.generate, self.score)
+        self.engine_stats: list[dict[str, float]] = []  # per worker and generate call, since the draw began
         self.rollouts = None  # async mode: the queue of batches drawn ahead (made when the loop starts)
         self._in_flight: list[Draw] = []  # async mode: draws a restored checkpoint held in flight
 
@@ -71,7 +75,7 @@ class Trainer:
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams, stream: bool = False):
         """Groups for `prompt_ids` in prompt order, the prompts dealt evenly to the rollout workers; with
         `stream`, a GroupStream that yields each group the moment it completes (hand it to `score`)."""
-        groups = GroupStream(self.rollout, split_evenly(prompt_ids, len(self.rollout)), params)
+        groups = GroupStream(self.rollout, split_evenly(prompt_ids, len(self.rollout)), params, self.engine_stats)
         return groups if stream else groups.collect()
 
     def score(self, rows: list[dict], groups: list[list[dict]] | GroupStream) -> tuple[torch.Tensor, dict]:
@@ -98,12 +102,17 @@ class Trainer:
         return {"eval/accuracy": float((rewards >= threshold).float().mean()), "eval/reward": float(rewards.mean())}
 
     def draw(self, step: int, version: int) -> Draw:
-        """Step `step`'s rollout and reward (TPO, overlong, dynamic sampling) with the policy after `version` steps."""
+        """Step `step`'s rollout and reward (TPO, overlong, group filtering) with the policy after `version` steps."""
+        self.engine_stats.clear()  # the evaluation's generate calls are not this draw's
         groups, metrics = self.sampler.draw(step)
         for group in groups.completions:
             for c in group:
                 c["policy_version"] = version
-        return Draw(step, version, groups, metrics, dict(self.sampler.timings), dict(self.sampler.generated))
+        engine: dict[str, float] = {}
+        for stats in self.engine_stats:
+            engine = merge_engine_stats(engine, stats)
+        metrics.update({f"rollout/{k}": v for k, v in engine.items()})
+        return Draw(step, version, groups, metrics, dict(self.sampler.timings), dict(self.sampler.generated), engine)
 
     def train_step(self, step: int) -> dict[str, float]:
         cfg, r = self.cfg, self.cfg.rollout
@@ -115,6 +124,7 @@ class Trainer:
             drawn = self.rollouts.take(step)
         groups, metrics = drawn.groups, drawn.metrics
         t2 = time.perf_counter()
+        self.state["rollout"] = merge_engine_stats(self.state.get("rollout", {}), drawn.engine)
         if len(groups):
             batch = build_train_batch(
                 groups.prompt_ids,
@@ -131,7 +141,7 @@ class Trainer:
             t3 = time.perf_counter()
             if self.rollouts is None:  # async: the next draw loads the weights itself
                 self.sync_weights()
-        else:  # dynamic sampling found no group with unequal rewards: nothing to learn from this step
+        else:  # group filtering found no group with unequal rewards: nothing to learn from this step
             metrics["shaping/skipped_step"] = 1.0
             t3 = time.perf_counter()
         t4 = time.perf_counter()
@@ -147,7 +157,7 @@ class Trainer:
         rollout_s = drawn.timings["rollout"]
         metrics.update({
             "step": step,
-            "samples": self.state["samples"],  # generated so far, TPO's extra and dynamic sampling's refills included
+            "samples": self.state["samples"],  # generated so far, TPO's extra and group filtering's refills included
             "samples_scored": self.state["samples_scored"],  # of which scored by the target reward
             # rollout_s includes the target reward streamed during decoding; reward_s is reward time outside it
             "time/rollout_s": rollout_s, "time/reward_s": drawn.timings["reward"],
@@ -200,6 +210,7 @@ class Trainer:
                 if (cfg.train.eval_every and step % cfg.train.eval_every == 0) or last:
                     metrics.update(self._eval_now(step))
                 _append_jsonl(metrics_path, metrics)
+                self._check_nonfinite(step, metrics)
                 if (cfg.train.save_every and step % cfg.train.save_every == 0) or last:
                     self.save(step)
                 bar.update(1)
@@ -233,6 +244,19 @@ class Trainer:
             path = self.save(step)
             raise RewardFailureError(f"step {step}: {e}. Checkpoint saved at {path}; resume with --resume {self.run_dir}") from None
 
+    def _check_nonfinite(self, step: int, metrics: dict) -> None:
+        """Past train.max_nonfinite_steps skipped NaN/inf steps in a row: save, then stop with a message."""
+        skipped = metrics.get("learner/nonfinite_steps", 0.0)
+        self.state["nonfinite_steps"] = self.state.get("nonfinite_steps", 0) + int(skipped)
+        self.state["nonfinite_streak"] = self.state.get("nonfinite_streak", 0) + 1 if skipped else 0
+        if self.state["nonfinite_streak"] > self.cfg.train.max_nonfinite_steps:
+            path = self.save(step)
+            raise UserError(
+                f"step {step}: the loss or gradient was NaN/inf in {self.state['nonfinite_streak']} steps in a row "
+                f"(train.max_nonfinite_steps={self.cfg.train.max_nonfinite_steps}); those updates were skipped. "
+                f"Lower optim.lr or raise optim.grad_clip; checkpoint saved at {path}; resume with --resume {self.run_dir}"
+            )
+
     def summary(self) -> dict:
         evals = self.state["evals"]
         peaks = ray.get([a.peak_memory_bytes.remote() for a in [self.learner, *self.rollout, *self.rewarders]])
@@ -247,6 +271,8 @@ class Trainer:
             "final_accuracy": round(evals[-1]["eval/accuracy"], 4),
             "best_accuracy": round(max(e["eval/accuracy"] for e in evals), 4),
             "best_step": max(evals, key=lambda e: e["eval/accuracy"])["step"],
+            # engine statistics over the run's training rollouts, merged as in rlft.rollout.types.ENGINE_STATS
+            **{f"rollout/{k}": round(v, 4) for k, v in self.state.get("rollout", {}).items()},
             "peak_memory_mb": {
                 "learner": round(peaks[0] / 2**20),
                 "rollout": round(max(peaks[1 : 1 + len(self.rollout)]) / 2**20),
@@ -281,30 +307,6 @@ def make_run_dir(cfg: RLConfig) -> Path:
     return run_dir
 
 
-def ray_session(cfg: RLConfig) -> bool:
-    """Join `ray.address` or start a local Ray; returns whether this process started it."""
-    if ray.is_initialized():
-        return False
-    package_root = str(Path(__file__).resolve().parents[2])
-    env = {
-        "PYTHONPATH": os.pathsep.join(p for p in [package_root, os.environ.get("PYTHONPATH", "")] if p),
-        "TRANSFORMERS_VERBOSITY": "error",
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    kwargs = dict(runtime_env={"env_vars": env}, logging_level=logging.WARNING, log_to_driver=True)
-    if cfg.ray.address:
-        ray.init(address=cfg.ray.address, **kwargs)
-        return False
-    # Ray starts workers at niceness 15; our actors do the run's real work while the driver waits,
-    # so at that priority any other process on the machine (a build, a test) would starve them.
-    os.environ.setdefault("RAY_worker_niceness", "0")
-    if not torch.cuda.is_available():  # DeepSpeed (imported by transformers/peft) would warn in every actor
-        env["DS_ACCELERATOR"] = os.environ.get("DS_ACCELERATOR", "cpu")
-    ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, **kwargs)
-    return True
-
-
 def train(cfg: RLConfig, resume_dir: Path | None = None) -> dict:
     """Run (or resume) training; returns the summary, also saved as summary.json in the run folder."""
     started = time.perf_counter()
@@ -325,5 +327,4 @@ def train(cfg: RLConfig, resume_dir: Path | None = None) -> dict:
             learners = trainer.learner.workers if isinstance(trainer.learner, LearnerGroup) else [trainer.learner]
             for actor in [*learners, *trainer.rollout, *trainer.rewarders]:
                 ray.kill(actor)
-        if started_ray:
-            ray.shutdown()
+        close_ray(started_ray)

@@ -6,9 +6,9 @@
   G - r plain samples plus the r of N extra samples that source ranks highest.
 - Overlong handling (`algo.overlong`): truncated responses are masked out of the loss ('filter')
   or the reward pays a soft length penalty over the last part of the budget ('penalty', DAPO).
-- Dynamic sampling (`algo.dynamic_sampling`, DAPO): a group whose rewards are all equal has zero
+- Group filtering (`algo.filter_groups`, DAPO's dynamic sampling): a group whose rewards are all equal has zero
   advantage everywhere, so it is dropped and fresh prompts are drawn, for at most
-  `dynamic_sampling_max_rounds` extra rounds; the step then trains on what it has.
+  `filter_groups_max_rounds` extra rounds; the step then trains on what it has.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ class GroupSampler:
         algo, size = self.cfg.algo, self.cfg.rollout.prompts_per_step
         self.timings = {"rollout": 0.0, "reward": 0.0}
         self.generated = {"samples": 0, "tokens": 0, "scored": 0}
-        rounds = 1 + (algo.dynamic_sampling_max_rounds if algo.dynamic_sampling else 0)
+        rounds = 1 + (algo.filter_groups_max_rounds if algo.filter_groups else 0)
         kept, metrics = None, {}
         for k in range(rounds):
             # round k takes the next `size` prompts of the step's stream (the first round: the usual batch)
@@ -140,13 +140,13 @@ class GroupSampler:
             groups, round_metrics = self._sample(rows, sampling_seed(self.cfg.train.seed, step, k))
             if k == 0:
                 metrics = round_metrics
-            if algo.dynamic_sampling:
+            if algo.filter_groups:
                 groups = groups.select(informative_groups(groups.rewards))
             kept = groups if kept is None else kept.extend(groups)
             if len(kept) >= size:
                 break
         kept = kept.select(list(range(min(size, len(kept)))))
-        if algo.dynamic_sampling:
+        if algo.filter_groups:
             metrics["shaping/rounds"] = k + 1
             metrics["shaping/kept_groups"] = len(kept)
         if self.arms is not None:

@@ -1,7 +1,8 @@
 """Math answers: extraction from a completion and equivalence to a reference answer.
 
 Extraction looks for, in order, the last `\\boxed{...}` (nested braces; `\\fbox` too), GSM8K's
-`#### N`, and the last "the (final) answer is ...". Equivalence first tries an exact numeric fast
+`#### N`, and the last "the (final) answer is ...". Equivalence first compares numerals written with a
+base subscript (`2516_8`, by value and base), then tries an exact numeric fast
 path (integers, decimals, thousands separators, simple fractions), then math-verify (sympy-based:
 fractions vs decimals, \\dfrac, \\left/\\right, units and \\text{}, degrees, sets, `x = 3`) under a
 time limit. (This module is not named math_verify so that it never shadows the library.)
@@ -22,6 +23,10 @@ GSM8K = re.compile(r"####\s*(.+)")
 ANSWER_IS = re.compile(r"the\s+(?:final\s+)?answer\s+is\s*[:=]?\s*", re.IGNORECASE)
 NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[-+]?\.\d+")
 FRACTION = re.compile(r"([-+]?)\\[dt]?frac\{([-+]?\d+)\}\{(\d+)\}|([-+]?\d+)/(\d+)")
+# a numeral with a base subscript: 2516_8, 4210_{5}, A3_{16}
+BASED = re.compile(r"([0-9A-Za-z]+)_\{?\(?(\d+)\)?\}?")
+# \text{4.5}, \textbf{4.5}, \mathrm{4.5}: a wrapper that changes nothing about the answer
+TEXT_WRAPPED = re.compile(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}")
 
 
 def extract_answer(text: str) -> str | None:
@@ -78,6 +83,9 @@ def _clean(answer: str) -> str:
 
 def answers_equal(pred: str, gold: str, timeout_s: float = 5.0) -> bool:
     """Whether `pred` states the same mathematical answer as `gold` (both LaTeX or plain text)."""
+    based = _base_verdict(pred, gold)
+    if based is not None:
+        return based
     fast = _numeric_verdict(pred, gold)
     if fast is not None:
         return fast
@@ -123,9 +131,59 @@ def _numeric_verdict(pred: str, gold: str) -> bool | None:
     return False if a[1] == b[1] else None
 
 
+def _base_verdict(pred: str, gold: str) -> bool | None:
+    """True/False when either side is a numeral with a base subscript (`2516_8`); None otherwise.
+
+    math-verify reads `2516_9` as a subscripted symbol and drops the base, so `2516_9` would equal
+    `2516_8`. Here two subscripted numerals are equal when their values are; a bare numeral is read
+    in the base the other side names (the problem asked for that base, so `2516` answers `2516_8`);
+    a subscripted prediction against a gold written in decimal is compared by value (`1010_2` = 10).
+    """
+    a, b = _as_based(pred), _as_based(gold)
+    if a is None and b is None:
+        return None
+    if a is None or b is None:
+        bare, based = (pred, b) if a is None else (gold, a)
+        text = _unwrap(bare).strip().strip("$").replace(" ", "")
+        if not re.fullmatch(r"[0-9A-Za-z]+", text):
+            return False  # math-verify would drop the base, so it cannot judge this pair
+        if b is not None:  # the gold names the base; a bare prediction is read in it
+            return _digits_value(text, b[1]) == b[0]
+        return text.isdigit() and int(text) == a[0]  # subscripted prediction vs a decimal gold
+    return a[0] == b[0]
+
+
+def _as_based(text: str) -> tuple[int, int] | None:
+    """(value, base) of a numeral written with a base subscript, e.g. '2516_8' -> (1358, 8)."""
+    match = BASED.fullmatch(_unwrap(text).strip().strip("$").replace(" ", ""))
+    if not match:
+        return None
+    base = int(match.group(2))
+    value = _digits_value(match.group(1), base)
+    return None if value is None else (value, base)
+
+
+def _digits_value(digits: str, base: int) -> int | None:
+    """The value of `digits` read in `base` (2..36), or None when a digit is out of range."""
+    if not 2 <= base <= 36:
+        return None
+    try:
+        return int(digits, base)
+    except ValueError:
+        return None
+
+
+def _unwrap(text: str) -> str:
+    """'\\text{4.5}' -> '4.5': text wrappers removed, keeping what they wrap."""
+    previous = None
+    while text != previous:
+        previous, text = text, TEXT_WRAPPED.sub(r"\1", text)
+    return text
+
+
 def _as_number(text: str) -> tuple[Fraction, bool] | None:
-    """(value, exact) for '1,234', '-0.5', '50%', '\\frac{1}{2}', '3/4'; exact is False for decimals."""
-    text = text.strip().strip("$").replace("\\!", "").replace("{,}", ",").replace(" ", "")
+    """(value, exact) for '1,234', '-0.5', '50%', '\\frac{1}{2}', '3/4', '\\text{4.5}'; exact is False for decimals."""
+    text = _unwrap(text.strip()).strip().strip("$").replace("\\!", "").replace("{,}", ",").replace(" ", "")
     text = re.sub(r"^\\?\$", "", text).removesuffix("\\%").removesuffix("%")
     if NUMBER.fullmatch(text):
         return Fraction(text.replace(",", "")), "." not in text

@@ -2,12 +2,14 @@
 
 Each program gets a fresh temporary folder, an environment without the trainer's variables, and a
 new session whose whole process group is killed at the wall-clock limit. Inside, the runner
-(sandbox_runner.py) adds namespaces, rlimits and an audit hook; its docstring lists the layers.
+(sandbox_runner.py) adds namespaces, a read-only file system, dropped capabilities, rlimits and an audit
+hook; its docstring lists the layers. A kernel layer the machine cannot provide is reported once.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -25,6 +27,14 @@ from rlft.errors import UserError
 
 RUNNER = Path(__file__).with_name("sandbox_runner.py")
 TAIL_BYTES = 4096  # of stdout/stderr kept in a result, for logs and reports
+# the kernel layers that hold without the audit hook, and what is lost without each
+KERNEL_LAYERS = {
+    "namespaces": "no network, PID or mount namespace (needs root or unprivileged user namespaces)",
+    "readonly": "the file system outside the work folder stays writable",
+    "nocaps": "the program keeps its capabilities and could undo the other layers",
+}
+log = logging.getLogger("rlft")
+_missing_reported = False
 
 
 @dataclass(frozen=True)
@@ -138,8 +148,18 @@ def _run_in(box: Path, source: str, limits: SandboxLimits) -> SandboxResult:
         error = f"wall-clock limit of {limits.timeout_s} s"
     isolation_file = box / "isolation"
     isolation = tuple(isolation_file.read_text().split(",")) if isolation_file.is_file() else ()
+    _report_missing_layers(isolation)
     stdout = stdout.replace(nonce, "").rstrip("\n")
     return SandboxResult(passed, status, proc.returncode, error, stdout, stderr, wall, isolation)
+
+
+def _report_missing_layers(isolation: tuple[str, ...]) -> None:
+    """Say once per process which kernel layers this machine could not provide (the audit hook remains)."""
+    global _missing_reported
+    missing = [f"{name} ({why})" for name, why in KERNEL_LAYERS.items() if name not in isolation]
+    if missing and isolation and not _missing_reported:
+        _missing_reported = True
+        log.warning("code sandbox: running with less isolation on this machine: %s", "; ".join(missing))
 
 
 def _kill_group(pgid: int) -> None:

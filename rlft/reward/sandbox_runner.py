@@ -8,6 +8,10 @@ Layers, strongest first (each one that the machine allows is applied, and listed
               Needs root or unprivileged user namespaces.
   uid         when run as root and the interpreter is readable by others, the program runs as an
               unprivileged user, so the kernel's permission checks and RLIMIT_NPROC apply.
+  nocaps      every capability dropped (bounding, ambient, effective, permitted, inheritable; securebits
+              locked so that uid 0 regains none on exec; no_new_privs), so the program cannot undo the
+              mounts above (clear the read-only flag, unmount) even when it still runs as uid 0, and
+              root's uid no longer bypasses file permissions.
   rlimits     CPU seconds, address space, file size (caps stdout/stderr and every file written),
               open files, no core dumps.
   audit       a sys.addaudithook hook refuses sockets, process creation, signals to other processes,
@@ -18,6 +22,7 @@ saw, so `sys.exit(0)` or `os._exit(0)` before the tests is a failure (a determin
 still find the nonce by walking frames; that is a reward hack, not an escape).
 """
 
+import errno
 import json
 import os
 import resource
@@ -29,6 +34,9 @@ CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x10000000, 0x
 MS_BIND, MS_REC, MS_PRIVATE, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x1000, 0x4000, 0x40000, 0x2, 0x4, 0x8
 SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY = 442, -100, 0x8000, 0x1
 PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP, PR_SET_SECUREBITS, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 28, 38, 47, 4
+SECBITS_LOCKED_NOROOT = 0xEF  # noroot, no_setuid_fixup, no_cap_ambient_raise on; keep_caps off; all locked
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
 NOBODY = 65534
 DENIED_EVENTS = ("socket.", "ctypes.", "os.fork", "os.forkpty", "os.system", "os.exec", "os.posix_spawn",
                  "os.spawn", "subprocess.Popen", "pty.spawn", "resource.setrlimit", "resource.prlimit",
@@ -57,16 +65,22 @@ def main() -> None:
         _mount_private_filesystem(libc, work, layers)
         _fork_and_wait()  # init waits; when it exits the kernel kills whatever the program left
     _set_limits(settings, nproc=uid is not None)
-    audit = settings.get("audit_hook", True)
-    report.write(",".join(layers + ["rlimits"] + (["uid"] if uid is not None else []) + (["audit"] if audit else [])))
-    report.close()
+    layers.append("rlimits")
     os.chdir(work)
     if uid is not None:
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)
-        _die_with_parent(libc)  # a change of credentials clears the parent-death signal
+        layers.append("uid")
+    elif os.getuid() == 0:
+        os.chown(work, 0, 0)  # the parent gave it to 'nobody'; without capabilities root is a plain owner
+    if _drop_capabilities(libc):
+        layers.append("nocaps")
+    _die_with_parent(libc)  # a change of credentials clears the parent-death signal
     del libc
+    audit = settings.get("audit_hook", True)
+    report.write(",".join(layers + (["audit"] if audit else [])))
+    report.close()
     for name in [m for m in sys.modules if m.split(".")[0] in DENIED_IMPORTS]:
         del sys.modules[name]  # re-importing them now fires the 'import' event the hook refuses
     if audit:
@@ -154,6 +168,26 @@ def _mount_private_filesystem(libc, work: str, layers: list) -> None:
     if libc.mount(work.encode(), work.encode(), None, MS_BIND, None) == 0 and setattr_("/", True, MOUNT_ATTR_RDONLY, 0):
         if setattr_(work, False, 0, MOUNT_ATTR_RDONLY):
             layers.append("readonly")
+
+
+def _drop_capabilities(libc) -> bool:
+    """Drop every capability for good; True when none is left (effective and permitted)."""
+    if libc is None or not hasattr(libc, "prctl") or not hasattr(libc, "capset"):
+        return False
+    import ctypes
+
+    libc.prctl(PR_SET_SECUREBITS, SECBITS_LOCKED_NOROOT, 0, 0, 0)  # needs CAP_SETPCAP: first
+    libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    for cap in range(64):
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() == errno.EINVAL:
+            break  # past the kernel's last capability
+    libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    header = (ctypes.c_uint32 * 2)(LINUX_CAPABILITY_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()  # two {effective, permitted, inheritable} words, all zero
+    libc.capset(header, data)
+    with open("/proc/self/status") as f:
+        caps = dict(line.split(":\t") for line in f if line.startswith(("CapEff", "CapPrm")))
+    return all(int(value, 16) == 0 for value in caps.values()) and len(caps) == 2
 
 
 def _unprivileged_uid(settings: dict):

@@ -17,7 +17,7 @@ import torch
 
 from rlft.errors import UserError
 from rlft.rollout.kv_cache import PAGED_SDPA, SCRATCH_BLOCK, PagedKVCache
-from rlft.rollout.length_predictor import GroupLengths, LengthPredictor
+from rlft.rollout.length_predictor import GroupLengths, LengthPredictor, prediction_stats
 from rlft.rollout.sampling import sample_key, sample_tokens, uniforms
 from rlft.rollout.scheduler import SlotScheduler
 from rlft.rollout.types import Completion, SamplingParams
@@ -61,8 +61,9 @@ class BuiltinEngine:
     or 'infinite' (Infinite-Sampling: continuous refill with length-aware scheduling; probes of
     `probe_tokens` tokens feed the length predictor; `kv_budget_tokens` bounds the response KV it plans to
     hold, see rlft.rollout.scheduler). `prefill_tokens` caps the padded tokens of one
-    prefill forward (default: 2048 on CPU, 16384 on GPU). `stats` describes the last call (decode steps,
-    peak KV bytes, length predictions).
+    prefill forward (default: 2048 on CPU, 16384 on GPU). `stats()` describes the last call (decode steps,
+    peak KV bytes, length-prediction error; rlft.rollout.types.ENGINE_STATS); `length_predictions` holds
+    its (predicted, actual) lengths.
     """
 
     def __init__(
@@ -104,7 +105,12 @@ class BuiltinEngine:
         self.keep_last_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         self.cache = PagedKVCache(self.device, param.dtype, block_size)
         self.predictor = LengthPredictor()
-        self.stats: dict = {}
+        self.counters: dict[str, float] = {}
+        self.length_predictions: list[tuple[float, int]] = []  # (predicted, actual) of the last call
+
+    def stats(self) -> dict[str, float]:
+        """The last call's statistics (rlft.rollout.types.ENGINE_STATS)."""
+        return {**{k: float(v) for k, v in self.counters.items()}, **prediction_stats(self.length_predictions)}
 
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state, strict=True)
@@ -125,8 +131,9 @@ class BuiltinEngine:
         except ValueError as e:
             raise UserError(f"{e}; raise rollout.max_slots or pick rollout.scheduling=infinite") from None
         self.cache.clear()  # blocks a caller left behind by not draining a previous call are free again
-        self.stats = {"decode_steps": 0, "decode_rows": 0, "prefill_forwards": 0, "prefill_tokens": 0,
-                      "generated_tokens": 0, "probe_tokens": sched.probe_tokens, "length_predictions": []}
+        self.counters = {"decode_steps": 0, "decode_rows": 0, "prefill_forwards": 0, "prefill_tokens": 0,
+                         "generated_tokens": 0, "probe_tokens": sched.probe_tokens}
+        self.length_predictions = []
         # KV a run without preemption must reserve: the blocks of open prompts and parked probes, plus every
         # slot's worth of a longest response (its first max_new_tokens - 1 tokens enter the cache)
         bs = self.cache.block_size
@@ -177,10 +184,10 @@ class BuiltinEngine:
             running = still
             for group in self._complete(finished):
                 yield group.index, self._completions(group)
-        self.stats["peak_kv_bytes"] = self.cache.peak_blocks * self.cache.block_bytes()
-        self.stats["reserved_kv_blocks"] = peak_held + slot_blocks
-        self.stats["reserved_kv_bytes"] = (peak_held + slot_blocks) * self.cache.block_bytes()
-        self.stats["kv_block_bytes"] = self.cache.block_bytes()
+        self.counters["peak_kv_bytes"] = self.cache.peak_blocks * self.cache.block_bytes()
+        self.counters["reserved_kv_blocks"] = peak_held + slot_blocks
+        self.counters["reserved_kv_bytes"] = (peak_held + slot_blocks) * self.cache.block_bytes()
+        self.counters["kv_block_bytes"] = self.cache.block_bytes()
 
     # --- forwards -------------------------------------------------------------------------------
 
@@ -220,8 +227,8 @@ class BuiltinEngine:
         logits = self._forward(torch.tensor(ids, device=dev), positions, mask[:, None], query_pos[:, None], key_pos[:, None])
         for group, row in zip(groups, logits[:, -1].float()):
             group.first_logits = row
-        self.stats["prefill_forwards"] += 1
-        self.stats["prefill_tokens"] += sum(len(g.prompt) for g in groups)
+        self.counters["prefill_forwards"] += 1
+        self.counters["prefill_tokens"] += sum(len(g.prompt) for g in groups)
 
     def _decode(self, rows: list[_Sample], params: SamplingParams) -> list[_Sample]:
         """One decode step: feed every row's last token, sample its next one."""
@@ -253,8 +260,8 @@ class BuiltinEngine:
         self.cache.row_chunks = _row_chunks(list(map(len, tables))) if self.attn == "sdpa" else None
         logits = self._forward(torch.tensor(ids, device=dev)[:, None], pos, mask[:, None, None], pos[:, None, :, None],
                                key_pos[:, None, None])
-        self.stats["decode_steps"] += 1
-        self.stats["decode_rows"] += len(rows)
+        self.counters["decode_steps"] += 1
+        self.counters["decode_rows"] += len(rows)
         self._sample(rows, logits[:, -1], params)
         return rows
 
@@ -316,11 +323,11 @@ class BuiltinEngine:
         self.cache.release(s.blocks)
         s.blocks = []
         s.group.unfinished -= 1
-        self.stats["generated_tokens"] += len(s.tokens)
+        self.counters["generated_tokens"] += len(s.tokens)
         if s.group.lengths is not None:  # sibling information for the waiting samples; the error for the stats
             self.predictor.finished(s.group.lengths, s.features, len(s.tokens))
             if s.predicted is not None:
-                self.stats["length_predictions"].append((s.predicted, len(s.tokens)))
+                self.length_predictions.append((s.predicted, len(s.tokens)))
                 self.predictor.observe(s.predicted, len(s.tokens))
         return True
 

@@ -169,3 +169,12 @@ def _bag(x: list[float], offset: int, tokens: list[int], buckets: int) -> None:
     ~1 over a few tokens and the ridge penalty does not swamp it."""
     for t in tokens:
         x[offset + (t * _HASH) % buckets] += buckets / len(tokens) / 8.0
+
+
+def prediction_stats(pairs: list[tuple[float, int]]) -> dict[str, float]:
+    """`length_predictions` and `length_pred_abs_log_error` (rlft.rollout.types.ENGINE_STATS) of (predicted,
+    actual) lengths in tokens; no error without predictions."""
+    out = {"length_predictions": float(len(pairs))}
+    if pairs:
+        out["length_pred_abs_log_error"] = sum(abs(math.log(p / a)) for p, a in pairs) / len(pairs)
+    return out

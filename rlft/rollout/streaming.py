@@ -2,7 +2,7 @@
 while the rest of the batch is still decoding.
 
 `GroupStream` runs the rollout workers' prompts (each worker a Ray streaming generator) and yields
-(prompt index, group) in completion order; `score_groups` sends each fixed chunk of consecutive
+(prompt index, group) in completion order (a worker's last item, (None, engine stats), goes to `stats`); `score_groups` sends each fixed chunk of consecutive
 prompts to a reward worker as soon as its last group has arrived. Chunks are fixed by prompt index,
 never by arrival, so the reward calls, and the rewards, are the same however the decoding interleaves.
 """
@@ -22,9 +22,12 @@ class GroupStream:
     """Iterates (prompt index, completion dicts) over all rollout workers as groups complete;
     afterwards `groups` holds every group in prompt order."""
 
-    def __init__(self, workers: list, parts: list[list[list[int]]], params: SamplingParams):
-        """`parts[i]`: the consecutive prompts (token ids) of worker i."""
+    def __init__(self, workers: list, parts: list[list[list[int]]], params: SamplingParams,
+                 stats: list[dict[str, float]] | None = None):
+        """`parts[i]`: the consecutive prompts (token ids) of worker i; each worker's engine statistics for
+        this call (rlft.rollout.types.ENGINE_STATS) are appended to `stats` when its stream ends."""
         self.groups: list[list[dict] | None] = [None] * sum(map(len, parts))
+        self.stats = stats if stats is not None else []
         self._pending: dict = {}  # ObjectRefGenerator -> offset of its first prompt
         offset = 0
         for worker, part in zip(workers, parts):
@@ -41,6 +44,9 @@ class GroupStream:
                 index, group = ray.get(next(stream))
             except StopIteration:
                 del self._pending[stream]
+                continue
+            if index is None:
+                self.stats.append(group)
                 continue
             index += self._pending[stream]
             self.groups[index] = group

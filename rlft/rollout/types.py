@@ -32,6 +32,47 @@ class Completion:
     finish_reason: str  # "stop" (EOS or a stop string) or "length"
 
 
+# The statistics an engine reports for its last `generate_groups` call (`RolloutEngine.stats()`), one table
+# for every engine: key -> (how values merge, what it counts and its unit). An engine reports the keys it
+# measures, under these names; a new key is a row here. The driver merges a step's values over its
+# generate calls and its rollout workers, and over the run for the summary, with `merge_engine_stats`:
+# "sum" adds, "max" keeps the largest (per-worker peaks: workers have their own memory), and a key name
+# means a mean weighted by that key's count. They reach metrics.jsonl and summary.json as rollout/<key>.
+ENGINE_STATS: dict[str, tuple[str, str]] = {
+    "decode_steps": ("sum", "decode forward passes (each one token for every running sample)"),
+    "decode_rows": ("sum", "sample-tokens those passes decoded (rows summed over passes)"),
+    "prefill_forwards": ("sum", "forward passes over prompts"),
+    "prefill_tokens": ("sum", "prompt tokens prefilled, once per group (its samples share them)"),
+    "generated_tokens": ("sum", "response tokens generated"),
+    "probe_tokens": ("max", "tokens a sample decodes before its length is predicted (0: no prediction)"),
+    "peak_kv_bytes": ("max", "most KV-cache bytes in use at once in one worker"),
+    "kv_block_bytes": ("max", "bytes of one KV block (block_size tokens, all layers, keys and values)"),
+    "reserved_kv_blocks": ("max", "reserved_kv_bytes in KV blocks"),
+    "reserved_kv_bytes": ("max", "KV bytes one worker would reserve to run the call without preemption "
+                                 "(open prompts, parked probes, max_new_tokens per slot)"),
+    "length_predictions": ("sum", "length predictions the scheduler acted on whose sample then finished"),
+    "length_pred_abs_log_error": ("length_predictions", "mean |ln predicted - ln actual length| of those "
+                                                        "predictions (0.1: about 10 % off)"),
+}
+
+
+def merge_engine_stats(total: dict[str, float], stats: dict[str, float]) -> dict[str, float]:
+    """`total` with `stats` merged in by each key's rule in ENGINE_STATS (a new dict)."""
+    out = dict(total)
+    for key, value in stats.items():
+        rule = ENGINE_STATS[key][0]
+        if key not in out:
+            out[key] = value
+        elif rule == "sum":
+            out[key] += value
+        elif rule == "max":
+            out[key] = max(out[key], value)
+        else:  # a mean weighted by the counts in `rule`; merged before the counts themselves add up below
+            old, new = total.get(rule, 0.0), stats.get(rule, 0.0)
+            out[key] = (out[key] * old + value * new) / (old + new) if old + new else out[key]
+    return out
+
+
 class RolloutEngine(Protocol):
     """A generator of completion groups over a model whose weights the learner updates."""
 
@@ -41,6 +82,10 @@ class RolloutEngine(Protocol):
 
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
         """Replace the model's weights (names as in the policy's state_dict)."""
+        ...
+
+    def stats(self) -> dict[str, float]:
+        """Statistics of the last `generate_groups` call, keys and units as in ENGINE_STATS (those it measures)."""
         ...
 
 

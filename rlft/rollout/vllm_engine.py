@@ -21,7 +21,7 @@ from typing import Iterator
 import torch
 
 from rlft.errors import UserError
-from rlft.rollout.length_predictor import GroupLengths, LengthPredictor
+from rlft.rollout.length_predictor import GroupLengths, LengthPredictor, prediction_stats
 from rlft.rollout.sampling import sample_key
 from rlft.rollout.types import Completion, SamplingParams
 
@@ -128,7 +128,13 @@ class VLLMEngine:
         hf_config = getattr(getattr(llm.llm_engine, "model_config", None), "hf_config", None)
         self.tied_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
         self.predictor = LengthPredictor()
-        self.stats: dict = {}
+        self.counters: dict[str, float] = {}
+        self.length_predictions: list[tuple[float, int]] = []  # (predicted, actual) of the last call
+
+    def stats(self) -> dict[str, float]:
+        """The last call's statistics (rlft.rollout.types.ENGINE_STATS); a vLLM engine step also runs the
+        prefill chunks it schedules, and counts as one decode step."""
+        return {**{k: float(v) for k, v in self.counters.items()}, **prediction_stats(self.length_predictions)}
 
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
         """New weights into every vLLM worker; the prefix cache is dropped (it holds KV of the old weights)."""
@@ -157,7 +163,8 @@ class VLLMEngine:
         lengths = [GroupLengths(self.predictor.prompt_features(p)) for p in prompts] if infinite else None
         unfinished = [params.n] * len(prompts)
         engine = self.llm.llm_engine
-        self.stats = {"engine_steps": 0, "length_predictions": []}
+        self.counters = {"decode_steps": 0, "generated_tokens": 0, "probe_tokens": probe}
+        self.length_predictions = []
 
         def submit(s: _Sample, first: bool) -> None:
             if first:
@@ -179,7 +186,7 @@ class VLLMEngine:
             for s in group:
                 submit(s, first=True)
         while engine.has_unfinished_requests():
-            self.stats["engine_steps"] += 1
+            self.counters["decode_steps"] += 1
             for output in engine.step():
                 if not output.finished:
                     continue
@@ -194,11 +201,12 @@ class VLLMEngine:
                     submit(s, first=False)
                     continue
                 s.finish = "length" if result.finish_reason == "length" else "stop"
+                self.counters["generated_tokens"] += len(s.tokens)
                 unfinished[group] -= 1
                 if infinite:
                     self.predictor.finished(lengths[group], s.features, len(s.tokens))
                     if s.predicted is not None:
-                        self.stats["length_predictions"].append((s.predicted, len(s.tokens)))
+                        self.length_predictions.append((s.predicted, len(s.tokens)))
                 if unfinished[group] == 0:
                     if infinite:
                         self.predictor.learn(lengths[group])
