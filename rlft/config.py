@@ -260,6 +260,11 @@ class LearnerConfig(Section):
         "plain", description="'fused': log-probs from hidden states in vocabulary chunks (no full logits)"
     )
     vocab_chunk: int = Field(8192, ge=1, description="vocabulary chunk of the fused log-prob, counted in tokens")
+    autocast: Literal["none", "bf16"] = Field(
+        "none",
+        description="'bf16': the learner's forward and backward run their matmuls in bfloat16 under torch.autocast "
+        "(CPUs with AMX-BF16 or AVX512-BF16, GPUs); weights, gradients and optimizer state stay in model.dtype",
+    )
     weight_compression: Literal["none", "neuzip"] = Field(
         "none", description="'neuzip': linear and embedding weights held losslessly compressed (entropy-coded "
         "exponents, DESIGN 4.11), decompressed per layer in forward and backward; needs the rlft[neuzip] extra",

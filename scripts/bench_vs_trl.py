@@ -9,7 +9,7 @@ Scales:
   tokens, temperature 1, lr 1e-4 constant, no KL, 200 steps), held-out greedy accuracy on the same 500 problems
   every `--eval-every` steps (evaluation time is not counted in either framework's step time).
 - `rollout-heavy`: a random ~31M-parameter Qwen2 (hidden 512, 8 layers, the embedded tokenizer), 8 prompts x 4
-  samples of up to 384 new tokens (a random model ends a response with probability ~1/128 per token, so lengths
+  samples of up to 256 new tokens (a random model ends a response with probability ~1/128 per token, so lengths
   spread from a few to the cap), reward `digit_share` (share of digits in the response), a few steps. Accuracy is
   meaningless for a random model: reward curves are reported instead.
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,8 +35,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 SCALES = {
-    "default": dict(prompts=32, group=8, max_new_tokens=8, lr=1e-4, steps=200, eval_every=10, reward="exact_answer"),
-    "rollout-heavy": dict(prompts=8, group=4, max_new_tokens=384, lr=1e-5, steps=4, eval_every=0, reward="digit_share"),
+    "default": dict(prompts=32, group=8, max_new_tokens=8, lr=1e-4, steps=200, eval_every=10, eval_size=500,
+                    reward="exact_answer"),
+    # no held-out evaluation (rlft still evaluates at the start and the end: on 8 problems, not 500)
+    "rollout-heavy": dict(prompts=8, group=4, max_new_tokens=256, lr=1e-5, steps=3, eval_every=0, eval_size=8,
+                          reward="digit_share"),
 }
 
 
@@ -144,7 +148,8 @@ def rlft_command(scale: str, seed: int, steps: int, out: Path, model: str, extra
         sys.executable, "-m", "rlft.train", "--algo", "grpo-ba", "--reward", reward,
         f"model.path={model}", f"rollout.prompts_per_step={s['prompts']}", f"rollout.group_size={s['group']}",
         f"rollout.max_new_tokens={s['max_new_tokens']}", f"optim.lr={s['lr']}", f"train.steps={steps}",
-        f"train.seed={seed}", f"train.eval_every={s['eval_every']}", "train.save_every=0", "train.progress=false",
+        f"train.seed={seed}", f"train.eval_every={s['eval_every']}", f"data.eval_size={s['eval_size']}",
+        "train.save_every=0", "train.progress=false",
         f"train.output_dir={out}", "train.run_name=run", *extra,
     ]
 
@@ -181,7 +186,7 @@ def trl_worker(args) -> None:
 
     from rlft.data.arithmetic import ArithmeticTask
 
-    s = SCALES[args.scale]
+    s = {**SCALES[args.scale], **({"eval_every": args.eval_every} if args.eval_every is not None else {})}
     if args.trl_threads:
         torch.set_num_threads(args.trl_threads)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
@@ -271,37 +276,47 @@ def run_one(framework: str, scale: str, seed: int, steps: int, model: str, rlft_
             trl_threads: int, workdir: Path) -> dict:
     """One run in a subprocess, its process tree's memory sampled; the run's record."""
     out = workdir / f"{framework}-{scale}-{seed}"
-    out.mkdir(parents=True, exist_ok=True)
+    if (out / "record.json").is_file():  # finished in an earlier call with this --workdir
+        return json.loads((out / "record.json").read_text())
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
     env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}
     if framework == "rlft":
         cmd = rlft_command(scale, seed, steps, out, model, rlft_extra)
     else:
         cmd = [trl_python, str(Path(__file__).resolve()), "--trl-worker", "--scale", scale, "--seed", str(seed),
                "--steps", str(steps), "--model", model, "--out", str(out), "--json", str(out / "trl.json"),
-               "--trl-threads", str(trl_threads)]
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(out / "stderr.log", "w"))
-    memory = TreeMemory(proc.pid)
-    rc = proc.wait()
-    mem = memory.stop()
-    wall = time.perf_counter() - start
+               "--trl-threads", str(trl_threads), "--eval-every", str(SCALES[scale]["eval_every"])]
+    for attempt in range(3):  # a loaded machine can time Ray's start out; that is not the run's failure
+        shutil.rmtree(out / "run", ignore_errors=True)
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(out / "stderr.log", "w"))
+        memory = TreeMemory(proc.pid)
+        rc = proc.wait()
+        mem = memory.stop()
+        wall = time.perf_counter() - start
+        if rc == 0 or "timed out during startup" not in (out / "stderr.log").read_text():
+            break
     if rc != 0:
         raise SystemExit(f"{framework} {scale} seed {seed} failed (exit {rc}); see {out / 'stderr.log'}")
     rec = read_rlft(out) if framework == "rlft" else json.loads((out / "trl.json").read_text())
-    return {**rec, "wall_s": wall, "memory": mem, "command": " ".join(cmd)}
+    rec = {**rec, "wall_s": wall, "memory": mem, "command": " ".join(cmd)}
+    (out / "record.json").write_text(json.dumps(rec))
+    return rec
 
 
 # --- summary --------------------------------------------------------------------------------------------------
 
 
 def smoothed(evals: list[dict], window: int = 5) -> list[float]:
-    """Trailing mean of the last `window` evals' accuracies (fewer at the start)."""
-    acc = [e["accuracy"] for e in evals]
-    return [sum(acc[max(0, i - window + 1) : i + 1]) / len(acc[max(0, i - window + 1) : i + 1]) for i in range(len(acc))]
+    """Centred mean of `window` evals' accuracies around each eval (fewer at the ends): one lucky eval moves it
+    by a fifth of its luck."""
+    acc, half = [e["accuracy"] for e in evals], window // 2
+    return [sum(acc[max(0, i - half) : i + half + 1]) / len(acc[max(0, i - half) : i + half + 1]) for i in range(len(acc))]
 
 
 def time_to_gain(evals: list[dict], points: float) -> float | None:
-    """Train seconds until the 5-eval mean first reaches the initial accuracy + `points` (None: never)."""
+    """Train seconds until the 5-eval mean first reaches the initial accuracy (the first eval) + `points` (None: never)."""
     if not evals:
         return None
     base = evals[0]["accuracy"]
@@ -415,14 +430,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scales", nargs="+", default=list(SCALES), choices=list(SCALES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=None, help="override every scale's steps (a quick look)")
+    parser.add_argument("--heavy-seeds", nargs="+", type=int, default=None, help="seeds of rollout-heavy (default: --seeds)")
+    parser.add_argument("--eval-every", type=int, default=None, help="default scale: evaluate every N steps")
+    parser.add_argument("--steps", type=int, default=None, help="steps of the default scale (default: 200)")
+    parser.add_argument("--heavy-steps", type=int, default=None, help="steps of the rollout-heavy scale (default: 3)")
     parser.add_argument("--rlft", nargs="*", default=["train.mode=async", "algo.tis_cap=2.0"],
                         help="extra rlft key=value settings (default: asynchronous, one-step off-policy)")
     parser.add_argument("--trl-python", default=sys.executable, help="python of an environment that has trl")
     parser.add_argument("--trl-threads", type=int, default=0,
                         help="torch threads of the TRL process (0: torch's default, every core)")
     parser.add_argument("--out", default=str(REPO / "docs" / "results"))
-    parser.add_argument("--workdir", default=None, help="where runs are written (default: a temporary folder)")
+    parser.add_argument("--workdir", default=None,
+                        help="where runs are written (default: a temporary folder); runs finished there are reused")
     # internal: one TRL run
     parser.add_argument("--trl-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--scale", help=argparse.SUPPRESS)
@@ -440,12 +459,15 @@ def main() -> None:
     from rlft.models.loading import resolve_model_path
 
     for scale in args.scales:
-        steps = args.steps or SCALES[scale]["steps"]
+        steps = (args.heavy_steps if scale == "rollout-heavy" else args.steps) or SCALES[scale]["steps"]
+        if scale == "default" and args.eval_every:
+            SCALES[scale]["eval_every"] = args.eval_every  # read again by the TRL worker: passed on below
         results["settings"][scale] = {**SCALES[scale], "steps": steps}
+        seeds = args.heavy_seeds if scale == "rollout-heavy" and args.heavy_seeds else args.seeds
         model = (str(resolve_model_path("embedded")) if scale == "default"
                  else str(build_random_model(workdir / "random-31m")))
         results["runs"][scale] = {}
-        for i, seed in enumerate(args.seeds):
+        for i, seed in enumerate(seeds):
             order = ("rlft", "trl") if i % 2 == 0 else ("trl", "rlft")  # alternated: load drifts hit both alike
             pair = {}
             for fw in order:

@@ -56,11 +56,13 @@ class Learner:
 
     def _logprobs(self, model, part: TrainBatch, with_entropy: bool = False):
         fused = self.cfg.learner.logprobs == "fused"
-        return token_logprobs(
-            model, part.tokens, part.attention_mask, self.cfg.rollout.temperature or 1.0,
-            with_entropy=with_entropy, entropy_grad=bool(self.cfg.algo.entropy_coef),
-            fused_chunk=self.cfg.learner.vocab_chunk if fused else 0, targets_mask=part.response_mask,
-        )
+        # learner.autocast=bf16: matmuls in bf16 (AMX / tensor cores), weights, optimizer and log-softmax in fp32
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.learner.autocast == "bf16"):
+            return token_logprobs(
+                model, part.tokens, part.attention_mask, self.cfg.rollout.temperature or 1.0,
+                with_entropy=with_entropy, entropy_grad=bool(self.cfg.algo.entropy_coef),
+                fused_chunk=self.cfg.learner.vocab_chunk if fused else 0, targets_mask=part.response_mask,
+            )
 
     @torch.no_grad()
     def _frozen_logprobs(self, model, batch: TrainBatch) -> torch.Tensor:
