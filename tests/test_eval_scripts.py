@@ -111,11 +111,7 @@ def test_eval_code_cuts_base_model_text_at_stop_strings_and_runs_tests(tmp_path)
     assert metrics == pytest.approx({"pass@1": 0.5, "pass@2": 1.0})
 
 
-def test_vllm_engine_fails_clearly_without_vllm_or_a_gpu(tmp_path, capsys, monkeypatch):
-    import torch
-
-    if torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None:
-        pytest.skip("vLLM and a GPU are present here")
+def test_vllm_engine_fails_clearly_without_vllm(tmp_path, capsys, monkeypatch):
     script = load_script("eval_math")
     data = write_jsonl(tmp_path / "mine.jsonl", [{"question": "q1", "answer": "1"}])
     argv = ["--model", "/nonexistent-not-needed", "--benchmarks", str(data), "--engine", "vllm", "--out-dir", str(tmp_path)]
@@ -124,10 +120,6 @@ def test_vllm_engine_fails_clearly_without_vllm_or_a_gpu(tmp_path, capsys, monke
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real_find_spec(name, *a))
     assert script.main(argv) == 1
     assert "needs the vllm package" in capsys.readouterr().err
-    if not torch.cuda.is_available():
-        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real_find_spec(name, *a))
-        assert script.main(argv) == 1
-        assert "needs a CUDA GPU" in capsys.readouterr().err
 
 
 def test_checkpoint_folder_resolves_to_its_newest_checkpoint(tmp_path):

@@ -1,9 +1,14 @@
-"""Training prompts: the embedded arithmetic task or rows from files / `datasets`."""
+"""Training prompts: the embedded tasks (arithmetic, scratchpad) or rows from files / `datasets`."""
 
 from __future__ import annotations
 
 from rlft.data.arithmetic import ArithmeticTask
 from rlft.data.datasets import FileTask, PromptFormatter
+from rlft.data.scratchpad import TASK_DEFAULTS as SCRATCHPAD_DEFAULTS
+from rlft.data.scratchpad import ScratchpadTask
+
+# config the run gets from its `data.source` unless it sets it (layered under --config and overrides)
+EMBEDDED_TASK_DEFAULTS = {"scratchpad": SCRATCHPAD_DEFAULTS}
 
 
 def build_task(data_cfg, tokenizer, seed: int, prompt_budget: int | None = None):
@@ -13,4 +18,6 @@ def build_task(data_cfg, tokenizer, seed: int, prompt_budget: int | None = None)
         plain = not data_cfg.chat_template and data_cfg.prompt_template == "{prompt}"
         formatter = None if plain else PromptFormatter(data_cfg, tokenizer)
         return ArithmeticTask(data_cfg.digits, data_cfg.eval_size, seed, format_prompt=formatter)
+    if data_cfg.source == "scratchpad":
+        return ScratchpadTask(data_cfg.eval_size, seed)
     return FileTask(data_cfg, tokenizer, seed, prompt_budget)

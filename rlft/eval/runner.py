@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import time
@@ -33,7 +32,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=["builtin", "vllm"], default="builtin", help="generation backend")
     parser.add_argument("--device", default="auto", help="built-in engine: 'auto', 'cpu' or 'cuda[:i]'")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="model dtype")
-    parser.add_argument("--max-slots", type=int, default=64, help="built-in engine: sequences decoded at once")
+    parser.add_argument("--max-slots", type=int, default=64, help="sequences decoded at once (vLLM: max_num_seqs)")
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.85, help="vLLM: fraction of GPU memory")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--out-dir", default="eval_reports", help="folder for <benchmark>.json and <benchmark>.md")
@@ -89,18 +88,13 @@ def load_engine(args: argparse.Namespace):
 
 
 def vllm_engine(model_cfg, args: argparse.Namespace):
-    """The vLLM engine, imported only when chosen; a clear error without vllm or a GPU."""
-    import torch
-
-    if importlib.util.find_spec("vllm") is None:
-        raise UserError("--engine vllm needs the vllm package: pip install 'rlft[vllm]' on a machine with a CUDA GPU "
-                        "(or use --engine builtin)")
-    if not torch.cuda.is_available():
-        raise UserError("--engine vllm needs a CUDA GPU and none is visible (use --engine builtin)")
+    """The vLLM engine (its CPU or CUDA build), imported only when chosen; a clear error without vllm."""
     from rlft.config import RolloutConfig
-    from rlft.rollout.vllm_engine import VLLMEngine
+    from rlft.rollout.vllm_engine import VLLMEngine, check_vllm_available
 
-    rollout_cfg = RolloutConfig(engine="vllm", gpu_memory_utilization=args.gpu_memory_utilization)
+    check_vllm_available()
+    rollout_cfg = RolloutConfig(engine="vllm", gpu_memory_utilization=args.gpu_memory_utilization,
+                                max_slots=args.max_slots, scheduling="full")
     return VLLMEngine(model_cfg, rollout_cfg)
 
 

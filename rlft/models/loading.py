@@ -1,4 +1,4 @@
-"""Model and tokenizer loading: the embedded tiny model, a local HF folder or a hub id."""
+"""Model and tokenizer loading: the embedded tiny models, a local HF folder or a hub id."""
 
 from __future__ import annotations
 
@@ -9,19 +9,23 @@ import torch
 from rlft.errors import UserError
 
 EMBEDDED_MODEL_DIR = Path(__file__).parent / "tiny"
+# model.path names of the shipped models: the default one (addition) and the one for data.source=scratchpad
+EMBEDDED_MODELS = {"embedded": EMBEDDED_MODEL_DIR, "embedded:scratchpad": Path(__file__).parent / "scratchpad"}
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def resolve_model_path(path: str) -> str:
-    """'embedded' -> the shipped tiny model's folder; anything else is passed to transformers as is."""
-    if path == "embedded":
-        if not (EMBEDDED_MODEL_DIR / "config.json").is_file():
+    """'embedded' / 'embedded:scratchpad' -> a shipped model's folder; anything else goes to transformers as is."""
+    if path in EMBEDDED_MODELS:
+        folder = EMBEDDED_MODELS[path]
+        if not (folder / "config.json").is_file():
+            task = "" if path == "embedded" else " --task " + path.split(":")[1]
             raise UserError(
-                f"the embedded model is missing from {EMBEDDED_MODEL_DIR}; rebuild it with "
-                "`python scripts/make_tiny_model.py` or reinstall rlft"
+                f"the embedded model {path!r} is missing from {folder}; rebuild it with "
+                f"`python scripts/make_tiny_model.py{task} --out {folder}` or reinstall rlft"
             )
-        return str(EMBEDDED_MODEL_DIR)
+        return str(folder)
     return path
 
 

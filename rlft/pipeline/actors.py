@@ -76,7 +76,8 @@ class LearnerWorker(Learner):
 def start_actors(cfg) -> tuple[list, list, object]:
     """Rollout workers, reward workers and the learner (an actor, or a LearnerGroup of DeepSpeed ranks
     called the same way), placed by their devices."""
-    rollout_gpus = 1 if cfg.rollout.engine == "vllm" or pick_device(cfg.rollout.device).type == "cuda" else 0
+    # vLLM's CPU build and the built-in engine on CPU need no GPU; 'auto' asks for one where the driver sees one
+    rollout_gpus = 1 if pick_device(cfg.rollout.device).type == "cuda" else 0
     learner_gpus = 1 if pick_device(cfg.learner.device).type == "cuda" else 0
     # CPU actors ask Ray for no CPU slots: the sync loop runs one phase at a time and each actor
     # sets its own torch threads, so reserving cores would only stop small machines from starting.

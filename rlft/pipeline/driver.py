@@ -17,6 +17,7 @@ import ray
 import torch
 from tqdm import tqdm
 
+from rlft.algorithms.weight_stats import weight_statistics
 from rlft.config import RLConfig, config_to_yaml
 from rlft.data import build_task
 from rlft.errors import UserError
@@ -137,6 +138,9 @@ class Trainer:
                 penalty = kl_reward_penalty(batch, ref, cfg.algo, tuple(groups.rewards.shape))
                 assign_advantages(batch, groups.rewards - penalty, cfg.algo, r.max_new_tokens, groups.keep)
                 metrics["reward/kl_penalty"] = float(penalty.mean())
+            correct = groups.rewards >= cfg.train.eval_accuracy_threshold  # lengths and weights of right/wrong
+            lengths = batch.response_mask.sum(dim=1).view_as(correct)
+            metrics.update(weight_statistics(batch.weights, batch.advantages, lengths, correct))
             metrics.update(ray.get(self.learner.train_step.remote(batch)))
             t3 = time.perf_counter()
             if self.rollouts is None:  # async: the next draw loads the weights itself

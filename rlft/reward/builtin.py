@@ -1,4 +1,4 @@
-"""Built-in rewards: `exact_answer` (the embedded task), `math` (verifier) and `code` (sandboxed tests).
+"""Built-in rewards: `exact_answer` and `final_answer` (the embedded tasks), `math` (verifier), `code` (tests).
 
 `math` and `code` import their machinery on first call, so that loading the registry stays cheap;
 `preload` names that module, which reward workers import at start so no call pays for it (sympy
@@ -7,6 +7,7 @@ takes about a second, which would count against the call's time limit).
 
 from __future__ import annotations
 
+from rlft.data.scratchpad import is_correct
 from rlft.reward.names import register_reward
 
 
@@ -14,6 +15,12 @@ from rlft.reward.names import register_reward
 def exact_answer(prompt: str, completion: str, answer: str = "", **fields) -> float:
     """1.0 when the completion, stripped of surrounding whitespace, equals the reference answer."""
     return float(completion.strip() == str(answer).strip())
+
+
+@register_reward("final_answer")
+def final_answer(prompt: str, completion: str, answer: str = "", **fields) -> float:
+    """1.0 when the text after the completion's last '#' equals the reference answer (the scratchpad task)."""
+    return float(is_correct(completion, answer))
 
 
 @register_reward("math")

