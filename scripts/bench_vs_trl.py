@@ -8,7 +8,7 @@ Scales:
 - `default`: rlft's embedded default (1.07M-parameter model, 3-digit addition, 32 prompts x 8 samples, 8 new
   tokens, temperature 1, lr 1e-4 constant, no KL, 200 steps), held-out greedy accuracy on the same 500 problems
   every `--eval-every` steps (evaluation time is not counted in either framework's step time).
-- `rollout-heavy`: a random ~31M-parameter Qwen2 (hidden 512, 8 layers, the embedded tokenizer), 8 prompts x 4
+- `rollout-heavy`: a random ~31M-parameter Qwen2 (hidden 512, 8 layers, the embedded tokenizer), 4 prompts x 4
   samples of up to 256 new tokens (a random model ends a response with probability ~1/128 per token, so lengths
   spread from a few to the cap), reward `digit_share` (share of digits in the response), a few steps. Accuracy is
   meaningless for a random model: reward curves are reported instead.
@@ -38,7 +38,7 @@ SCALES = {
     "default": dict(prompts=32, group=8, max_new_tokens=8, lr=1e-4, steps=200, eval_every=10, eval_size=500,
                     reward="exact_answer"),
     # no held-out evaluation (rlft still evaluates at the start and the end: on 8 problems, not 500)
-    "rollout-heavy": dict(prompts=8, group=4, max_new_tokens=256, lr=1e-5, steps=3, eval_every=0, eval_size=8,
+    "rollout-heavy": dict(prompts=4, group=4, max_new_tokens=256, lr=1e-5, steps=3, eval_every=0, eval_size=8,
                           reward="digit_share"),
 }
 
