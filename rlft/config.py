@@ -185,7 +185,9 @@ class AlgoConfig(Section):
         description="divide centred rewards by the group's std, the batch's std or nothing "
         "(default: the estimator's own: grpo group, reinforce++ batch, dr-grpo and rloo none)",
     )
-    aggregation: str = Field("balanced", description="how per-token losses are summed (DESIGN 4.2)")
+    aggregation: str = Field(
+        "balanced", description="how per-token losses are summed (docs/methods.md#aggregation)"
+    )
     std_eps: float = Field(1e-6, ge=0.0, description="epsilon added to the reward std (advantage_scale group/batch)")
     policy_loss: str = Field(
         "ppo-clip", description="per-token policy-gradient loss (listed in --help): 'ppo-clip' is PPO's clipped surrogate"
@@ -239,7 +241,7 @@ class AlgoConfig(Section):
 
 
 class TransferConfig(Section):
-    """Transfer-learning RLHF (TPO, DESIGN 4.3): imperfect source rewards pick extra samples into groups."""
+    """Transfer-learning RLHF (TPO, docs/methods.md#transfer-tpo): imperfect source rewards pick extra samples."""
 
     sources: list[RewardSpec] = Field(
         default_factory=list,
@@ -273,7 +275,7 @@ class LearnerConfig(Section):
     )
     weight_compression: Literal["none", "neuzip"] = Field(
         "none", description="'neuzip': linear and embedding weights held losslessly compressed (entropy-coded "
-        "exponents, DESIGN 4.11), decompressed per layer in forward and backward; needs the rlft[neuzip] extra",
+        "exponents, docs/methods.md#neuzip), decompressed per layer in forward and backward; needs the rlft[neuzip] extra",
     )
 
 
@@ -292,7 +294,9 @@ class OptimConfig(Section):
     )
     flora_rank: int = Field(8, ge=1, description="Flora: rank r of the random projection")
     flora_kappa: int = Field(1000, ge=1, description="Flora: steps between momentum re-projections")
-    zo_eps: float = Field(1e-3, gt=0.0, description="zo: perturbation size ε of the SPSA estimate (DESIGN 4.10)")
+    zo_eps: float = Field(
+        1e-3, gt=0.0, description="zo: perturbation size ε of the SPSA estimate (docs/methods.md#zeroth-order-update)"
+    )
     zo_perturbations: int = Field(
         1, ge=1, description="zo: perturbations K per optimizer step (2K forward passes; optim.grad_clip does not apply)"
     )
@@ -338,10 +342,35 @@ class TrainConfig(Section):
         description="async: learner updates at most between the policy that drew a batch and the one that trains "
         "on it (1: one-step off-policy; 0: the same run as sync)",
     )
+    worker_timeout_s: float | None = Field(
+        1800.0, gt=0, description="longest wait for any worker reply (a group, a reward chunk, a learner step, "
+                                  "weights); a worker past it is reported by name and phase and restarted (null: wait forever)",
+    )
+    max_restarts: int = Field(
+        3, ge=0, description="restarts of each worker after it dies or hangs (rollout and reward workers by Ray, "
+                             "with their unfinished work re-sent; the learner from the last checkpoint); past it the "
+                             "run stops naming --resume",
+    )
     max_nonfinite_steps: int = Field(
         3, ge=0, description="steps in a row whose loss or gradient is NaN/inf (each skipped: no weight or optimizer "
                              "change) tolerated; one more and the run saves a checkpoint and stops",
     )
+    loggers: list[Literal["jsonl", "tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["jsonl"],
+        description="where metrics go, under the same names: metrics.jsonl always; also 'tensorboard' "
+        "(RUN_DIR/tensorboard), 'wandb' (offline run in RUN_DIR/wandb) and 'mlflow' (SQLite store RUN_DIR/mlflow.db, "
+        "or $MLFLOW_TRACKING_URI); each needs its extra, e.g. pip install 'rlft[wandb]'",
+    )
+
+    @field_validator("loggers")
+    @classmethod
+    def _tracker_installed(cls, value: list[str]) -> list[str]:
+        # the package each tracker imports ('tensorboard' is what torch.utils.tensorboard needs)
+        for name in value:
+            if name != "jsonl" and importlib.util.find_spec(name) is None:
+                raise ValueError(f"logger {name!r} needs the {name} package: pip install 'rlft[{name}]', "
+                                 f"or drop it from train.loggers")
+        return value
 
 
 class RayConfig(Section):
@@ -514,7 +543,7 @@ def check_rollout(cfg: RLConfig) -> None:
 
 
 def check_async(cfg: RLConfig) -> None:
-    """Off-policy samples need the behaviour-policy correction (DESIGN 4.8)."""
+    """Off-policy samples need the behaviour-policy correction (docs/methods.md#asynchronous-training)."""
     t = cfg.train
     if t.mode == "async" and t.max_staleness > 0 and cfg.algo.tis_cap is None:
         raise ConfigError(
@@ -526,6 +555,11 @@ def check_async(cfg: RLConfig) -> None:
 def check_learner(cfg: RLConfig) -> None:
     """Refuse learner settings that would run but silently not do what they say."""
     ln = cfg.learner
+    from rlft.optim import needs_backward
+
+    if cfg.optim.zo_offload and needs_backward(cfg.optim.name):
+        raise ConfigError(f"optim.zo_offload=true is ZO2 offloading of the zeroth-order optimizer, but "
+                          f"optim.name={cfg.optim.name}: set optim.name=zo, or optim.zo_offload=false")
     if ln.weight_compression == "neuzip":
         check_neuzip(cfg)
     if ln.backend == "torch":

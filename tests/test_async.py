@@ -1,5 +1,6 @@
-"""Asynchronous training (train.mode=async, DESIGN 4.8): staleness 0 is the synchronous run, staleness 1 trains on
-batches one update old with the IS correction, and resuming gives the same metrics as not stopping."""
+"""Asynchronous training (train.mode=async, docs/methods.md#asynchronous-training): staleness 0 is the synchronous
+run, staleness 1 trains on batches one update old with the IS correction, and resuming gives the same metrics as
+not stopping."""
 
 from __future__ import annotations
 

@@ -90,7 +90,7 @@ class DeepSpeedLearner(Learner):
         """One rollout batch: `algo.num_minibatches` optimizer steps over all ranks; returns global statistics."""
         start = time.perf_counter()
         cfg = self.cfg
-        batch = TrainBatch(**{k: v.to(self.device) for k, v in vars(batch).items()})
+        batch = batch.to(self.device)
         shards = []
         for m in range(cfg.algo.num_minibatches):
             rows = (batch.minibatch == m).nonzero().flatten()
@@ -98,7 +98,7 @@ class DeepSpeedLearner(Learner):
                 shards.append(self._shard(batch, rows))
         # the old policy and the reference, before the first update (as in Learner.train_step)
         old = [self._frozen_logprobs(self.model, s) for s in shards] if cfg.algo.num_minibatches > 1 else None
-        ref = [self._frozen_logprobs(self.ref_model, s) for s in shards] if self.ref_model is not None else None
+        ref = [self._reference(s) for s in shards] if self.ref_model is not None else None
         totals: dict[str, float] = {}
         for i, shard in enumerate(shards):
             stats = self._global(self.accumulate_gradients(

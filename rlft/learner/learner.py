@@ -75,23 +75,29 @@ class Learner:
         return out
 
     def reference_logprobs(self, batch: TrainBatch) -> torch.Tensor:
-        """[N, L] log-probs of the frozen reference on CPU (algo.kl_mode 'reward': charged before advantages)."""
-        batch = TrainBatch(**{k: v.to(self.device) for k, v in vars(batch).items()})
-        return self._frozen_logprobs(self.ref_model, batch).cpu()
+        """[N, L] log-probs of the frozen reference on CPU (algo.kl_mode 'reward': charged before advantages;
+        hand them back in `batch.ref_logprobs` so the step does not run the reference again)."""
+        return self._frozen_logprobs(self.ref_model, batch.to(self.device)).cpu()
+
+    def _reference(self, batch: TrainBatch) -> torch.Tensor | None:
+        """The batch's reference log-probs [N, L]: those it carries, else computed now (None: no reference)."""
+        if batch.ref_logprobs is not None or self.ref_model is None:
+            return batch.ref_logprobs
+        return self._frozen_logprobs(self.ref_model, batch)
 
     def train_step(self, batch: TrainBatch) -> dict[str, float]:
         """One rollout batch: `algo.num_minibatches` optimizer steps; returns averaged statistics."""
         start = time.perf_counter()
         cfg = self.cfg
-        batch = TrainBatch(**{k: v.to(self.device) for k, v in vars(batch).items()})
+        batch = batch.to(self.device)
         old = self._frozen_logprobs(self.model, batch) if cfg.algo.num_minibatches > 1 else None
-        ref = self._frozen_logprobs(self.ref_model, batch) if self.ref_model is not None else None
+        ref = self._reference(batch)
         totals: dict[str, float] = {}
         for m in range(cfg.algo.num_minibatches):
             rows = (batch.minibatch == m).nonzero().flatten()
             if len(rows) == 0:
                 continue
-            if not needs_backward(cfg.optim.name):  # zeroth-order: forward passes only (DESIGN 4.10)
+            if not needs_backward(cfg.optim.name):  # zeroth-order: forward passes only (docs/methods.md#zeroth-order-update)
                 stats = zo_update(self, batch.select(rows), old[rows] if old is not None else None,
                                   ref[rows] if ref is not None else None)
                 self.scheduler.step()

@@ -30,7 +30,16 @@ def token_logprobs(
     """
     if fused_chunk > 0:
         return _fused(model, tokens, attention_mask, temperature, with_entropy, entropy_grad, fused_chunk, targets_mask)
-    logits = model(input_ids=tokens, attention_mask=attention_mask, use_cache=False).logits[:, :-1].float()
+    logits = model(input_ids=tokens, attention_mask=attention_mask, use_cache=False).logits
+    return logprobs_from_logits(logits, tokens, temperature, with_entropy, entropy_grad)
+
+
+def logprobs_from_logits(
+    logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0, with_entropy: bool = False,
+    entropy_grad: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """token_logprobs' values from the model's logits [N, L, vocab] (ZO2 runs the model block by block)."""
+    logits = logits[:, :-1].float()
     if temperature not in (0.0, 1.0):
         logits = logits / temperature
     log_z = torch.logsumexp(logits, dim=-1)

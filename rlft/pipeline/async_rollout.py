@@ -1,5 +1,5 @@
-"""Asynchronous training (DESIGN 4.8): the batches of the next `train.max_staleness` steps are drawn in
-the background while the learner trains on this one.
+"""Asynchronous training (docs/methods.md#asynchronous-training): the batches of the next
+`train.max_staleness` steps are drawn in the background while the learner trains on this one.
 
 One background thread draws the batches in step order. Each draw first loads the weights it was handed
 when it was submitted into the rollout workers, so rollout workers change weights only between batches,
@@ -16,7 +16,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable
 
-import ray
 
 
 @dataclass
@@ -40,12 +39,13 @@ class Draw:
 class RolloutQueue:
     """Draws steps' batches ahead of the learner, at most `max_staleness` steps ahead, up to `last_step`.
 
-    `draw(step)` is the synchronous rollout and reward phase (it returns a Draw without a version);
-    `rollout_workers` receive the weights each draw starts from.
+    `draw(step, version)` is the synchronous rollout and reward phase; `load_weights(ref)` hands the rollout
+    workers the weights each draw starts from.
     """
 
-    def __init__(self, draw: Callable[[int, int], Draw], rollout_workers: list, max_staleness: int, last_step: int):
-        self._draw, self._workers = draw, rollout_workers
+    def __init__(self, draw: Callable[[int, int], Draw], load_weights: Callable[[object], None], max_staleness: int,
+                 last_step: int):
+        self._draw, self._load_weights = draw, load_weights
         self.max_staleness, self.last_step = max_staleness, last_step
         self._futures: dict[int, Future] = {}
         self._jobs: queue.Queue = queue.Queue()
@@ -59,7 +59,7 @@ class RolloutQueue:
             if not future.set_running_or_notify_cancel():
                 continue
             try:
-                ray.get([w.load_weights.remote(weights) for w in self._workers])
+                self._load_weights(weights)
                 future.set_result(self._draw(step, version))
             except BaseException as e:  # handed to the driver thread, raised where it takes the batch
                 future.set_exception(e)
@@ -87,7 +87,10 @@ class RolloutQueue:
             self._futures[d.step] = Future()
             self._futures[d.step].set_result(d)
 
-    def close(self) -> None:
+    def close(self, wait: bool = False) -> None:
+        """Stop drawing: draws not started are dropped; with `wait`, the one in progress is let finish."""
         for future in self._futures.values():
             future.cancel()
         self._jobs.put(None)
+        if wait:
+            self._thread.join()

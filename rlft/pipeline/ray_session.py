@@ -57,8 +57,12 @@ def ray_session(cfg: RLConfig) -> bool:
     _private_dir = tempfile.mkdtemp(prefix="rlft-ray-")  # short: Ray's socket paths live under it
     with _loopback_only():
         # address="local" starts a new instance whatever RAY_ADDRESS or ray_current_cluster say
-        ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, _temp_dir=_private_dir,
-                 **kwargs)
+        try:
+            ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, _temp_dir=_private_dir,
+                     **kwargs)
+        except Exception as e:  # Ray raises a bare Exception when its processes do not start in time
+            raise UserError(f"the local Ray did not start ({str(e).strip().splitlines()[0]}); on a busy machine try "
+                            f"again, and see its logs under {tempfile.gettempdir()}/rlft-ray-*") from None
     return True
 
 

@@ -99,7 +99,7 @@ class VLLMEngine:
     """Generates groups with vLLM; `llm` may be given (tests pass a stand-in with vLLM's interface).
 
     `stats()` describes the last generate_groups call, KV use read from vLLM's own scheduler; `sync_stats`
-    the last weight sync (bytes, tensors, seconds)."""
+    the last weight sync (bytes and tensors loaded, seconds in all, of which finding what changed)."""
 
     def __init__(self, model_cfg, rollout_cfg, llm=None):
         if llm is None:
@@ -144,6 +144,7 @@ class VLLMEngine:
 
         t0 = time.perf_counter()
         changed = self.changes.changed(vllm_weights(state))
+        t1 = time.perf_counter()
         if changed:
             self.llm.start_weight_update()
             for bucket in weight_buckets(changed):
@@ -152,7 +153,8 @@ class VLLMEngine:
             self.llm.finish_weight_update()
         self.llm.reset_prefix_cache()
         self.sync_stats = {"bytes": float(sum(t.numel() * t.element_size() for _, t in changed)),
-                           "tensors": float(len(changed)), "seconds": time.perf_counter() - t0}
+                           "tensors": float(len(changed)), "seconds": time.perf_counter() - t0,
+                           "change_detection_seconds": t1 - t0}
 
     def sleep(self, level: int = 1) -> None:
         """Free the GPU for a colocated learner (level 1 keeps the weights in CPU memory); CUDA only."""
