@@ -309,19 +309,20 @@ def run_one(framework: str, scale: str, seed: int, steps: int, model: str, rlft_
 
 
 def smoothed(evals: list[dict], window: int = 5) -> list[float]:
-    """Centred mean of `window` evals' accuracies around each eval (fewer at the ends): one lucky eval moves it
-    by a fifth of its luck."""
-    acc, half = [e["accuracy"] for e in evals], window // 2
-    return [sum(acc[max(0, i - half) : i + half + 1]) / len(acc[max(0, i - half) : i + half + 1]) for i in range(len(acc))]
+    """Trailing mean of the last `window` evals' accuracies (fewer at the start): causal, so a curve is never
+    credited with a later eval's accuracy."""
+    acc = [e["accuracy"] for e in evals]
+    return [sum(acc[max(0, i - window + 1) : i + 1]) / len(acc[max(0, i - window + 1) : i + 1]) for i in range(len(acc))]
 
 
-def time_to_gain(evals: list[dict], points: float) -> float | None:
-    """Train seconds until the 5-eval mean first reaches the initial accuracy (the first eval) + `points` (None: never)."""
+def time_to_gain(evals: list[dict], points: float, window: int = 5) -> float | None:
+    """Train seconds until a full `window`-eval trailing mean first reaches the initial accuracy (the first eval)
+    + `points` (None: never). Full windows only: one lucky early eval cannot count."""
     if not evals:
         return None
     base = evals[0]["accuracy"]
-    for e, m in zip(evals, smoothed(evals)):
-        if m >= base + points / 100:
+    for i, (e, m) in enumerate(zip(evals, smoothed(evals, window))):
+        if i >= window - 1 and m >= base + points / 100:
             return e["train_s"]
     return None
 

@@ -1,4 +1,4 @@
-"""The TRL comparison's bookkeeping: time to a gain uses 5-eval means from the first eval, memory sums a process tree."""
+"""The TRL comparison's bookkeeping: time to a gain uses full trailing 5-eval means, memory sums a process tree."""
 
 import importlib.util
 import os
@@ -21,8 +21,8 @@ def test_time_to_gain_waits_for_the_five_eval_mean_not_one_lucky_eval():
     bench = load_script()
     acc = [0.30, 0.60, 0.30, 0.30, 0.30, 0.45, 0.50, 0.55, 0.60, 0.60]
     evals = [{"step": 10 * i, "train_s": 5.0 * i, "accuracy": a} for i, a in enumerate(acc)]
-    assert bench.time_to_gain(evals, 10) == 5.0 * 5  # the lucky 0.60 at eval 1 lifts its mean only to 0.375
-    assert bench.time_to_gain(evals, 20) == 5.0 * 7
+    assert bench.time_to_gain(evals, 10) == 5.0 * 7  # the lucky 0.60 at eval 1 alone would have counted at once
+    assert bench.time_to_gain(evals, 20) == 5.0 * 9
     assert bench.time_to_gain(evals, 50) is None
 
 
