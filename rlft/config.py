@@ -50,7 +50,9 @@ class ModelConfig(Section):
     path: str = Field(
         "embedded",
         description="'embedded' (the tiny model shipped in rlft), 'embedded:scratchpad' (the one for "
-        "data.source=scratchpad), a local Hugging Face model folder, or a hub id",
+        "data.source=scratchpad), a local Hugging Face model folder, a hub id, or a GGUF file (a .gguf path, or "
+        "package:NAME/FILE.gguf inside an installed package), converted once to a cached HF folder ($RLFT_CACHE, "
+        "default ~/.cache/rlft)",
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="parameter dtype of the policy on the learner and the rollout engine"
@@ -63,7 +65,8 @@ class DataConfig(Section):
     source: str = Field(
         "arithmetic",
         description="'arithmetic' (the embedded task), 'scratchpad' (embedded multi-step addition written out; sets "
-        "its model, reward and response cap unless the run does), a .jsonl/.json/.parquet file, or a datasets name",
+        "its model, reward and response cap unless the run does), 'word-problems' (generated one- and two-step word "
+        "problems, integer answers), a .jsonl/.json/.parquet file, or a datasets name",
     )
     subset: str | None = Field(None, description="datasets config name (e.g. 'main' for gsm8k)")
     split: str = Field("train", description="split used for training")
@@ -119,6 +122,11 @@ class RolloutConfig(Section):
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:i]': the rollout engine's device (vLLM: "
                         "'cuda' gives its worker a Ray GPU; its CPU build runs on 'cpu')")
     gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0, description="vLLM: fraction of GPU memory")
+    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None,
+        description="rollout engine: dtype of its copy of the weights and of the KV cache (None: model.dtype); "
+        "'bfloat16' decodes faster on CPUs with AMX-BF16 and on GPUs while the learner keeps fp32",
+    )
     vllm_kv_cache_gib: float = Field(1.0, gt=0.0, description="vLLM's CPU build: KV cache size in GiB (on a GPU, "
                                      "gpu_memory_utilization sizes it)")
     eval_temperature: float = Field(0.0, ge=0.0, description="held-out evaluation temperature (0: greedy)")
@@ -262,17 +270,24 @@ class LearnerConfig(Section):
     num_workers: int = Field(1, ge=1, description="data-parallel learner actors (deepspeed backend)")
     zero_stage: int = Field(2, ge=0, le=3, description="DeepSpeed ZeRO stage")
     micro_batch_size: int = Field(64, ge=1, description="sequences per forward/backward pass")
+    max_tokens_per_micro_batch: int | None = Field(
+        2048, ge=1,
+        description="padded tokens (rows x longest row) per forward/backward pass at most, so memory does not grow "
+        "with response length; a longer single row is its own pass (None: rows only, learner.micro_batch_size)",
+    )
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:i]'")
     gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
-    logprobs: Literal["plain", "fused"] = Field(
-        "plain", description="'fused': log-probs from hidden states in vocabulary chunks (no full logits)"
+    logprobs: Literal["auto", "plain", "fused"] = Field(
+        "auto",
+        description="'fused': log-probs from hidden states in vocabulary chunks (no full logits); 'auto': fused where "
+        "the vocabulary makes the plain [tokens, vocab] logits the memory peak (rlft.learner.logprobs.use_fused_logprobs)",
+    )
+    autocast: Literal["none", "bfloat16"] = Field(
+        "none",
+        description="'bfloat16': forward and backward under bf16 autocast over fp32 weights and optimizer state "
+        "(faster on GPUs and on CPUs with AMX-BF16; log-probs are still reduced in fp32)",
     )
     vocab_chunk: int = Field(8192, ge=1, description="vocabulary chunk of the fused log-prob, counted in tokens")
-    autocast: Literal["none", "bf16"] = Field(
-        "none",
-        description="'bf16': the learner's forward and backward run their matmuls in bfloat16 under torch.autocast "
-        "(CPUs with AMX-BF16 or AVX512-BF16, GPUs); weights, gradients and optimizer state stay in model.dtype",
-    )
     weight_compression: Literal["none", "neuzip"] = Field(
         "none", description="'neuzip': linear and embedding weights held losslessly compressed (entropy-coded "
         "exponents, docs/methods.md#neuzip), decompressed per layer in forward and backward; needs the rlft[neuzip] extra",
@@ -322,6 +337,11 @@ class LoraConfig(Section):
 class TrainConfig(Section):
     steps: int = Field(200, ge=1, description="training steps (one rollout batch each)")
     seed: int = Field(0, description="seed of data order, sampling and initialisation")
+    max_minutes: float | None = Field(
+        None, gt=0,
+        description="wall-time limit: the first step that ends past this many minutes since start is the last "
+        "(final evaluation and checkpoint follow, as after train.steps; None: no limit)",
+    )
     eval_every: int = Field(25, ge=0, description="held-out evaluation every N steps (0: start and end only)")
     save_every: int = Field(100, ge=0, description="checkpoint every N steps (0: only at the end)")
     keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept on disk")

@@ -66,7 +66,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. rollout.group_size=16")
-    return parser.parse_args(argv)
+    # intermixed: overrides may come before, between or after the options, as users write them
+    return parser.parse_intermixed_args(argv)
 
 
 def _reward_overrides(specs: list[str]) -> list[dict]:

@@ -1,4 +1,4 @@
-"""learner.autocast=bf16: the forward and backward run in bfloat16, weights and optimizer state stay fp32, and the
+"""learner.autocast=bfloat16: the forward and backward run in bfloat16, weights and optimizer state stay fp32, and the
 log-probs and the gradient stay close to fp32's."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def _learner_grads(autocast: str):
 
 def test_bf16_autocast_keeps_fp32_weights_and_stays_close_to_fp32():
     _, lp32, g32 = _learner_grads("none")
-    learner, lp16, g16 = _learner_grads("bf16")
+    learner, lp16, g16 = _learner_grads("bfloat16")
     assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in learner.params)
     assert lp16.dtype == torch.float32
     assert not torch.equal(lp16, lp32)  # the matmuls did run in bf16

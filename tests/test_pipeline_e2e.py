@@ -66,6 +66,17 @@ def test_few_steps_through_ray_write_metrics_checkpoints_and_summary(ray_cluster
     AutoModelForCausalLM.from_pretrained(run / "checkpoints" / "step_000003")  # plain HF format
 
 
+def test_max_minutes_ends_the_run_after_the_step_that_passes_it_with_eval_and_checkpoint(ray_cluster, tmp_path):
+    from rlft.pipeline.driver import train
+
+    cfg = resolve_config("grpo-ba", None, [*SMALL, "train.steps=50", "train.max_minutes=0.0001", "train.eval_every=0",
+                                           f"train.output_dir={tmp_path}", "train.run_name=t"])
+    summary = train(cfg)
+    assert summary["steps"] == 1
+    assert sorted(_records(tmp_path / "t")) == [0, 1] and "eval/accuracy" in _records(tmp_path / "t")[1]
+    assert (tmp_path / "t" / "checkpoints" / "step_000001").is_dir()
+
+
 def test_resume_gives_the_same_next_metrics_as_an_uninterrupted_run(ray_cluster, tmp_path):
     from rlft.pipeline.driver import train
 

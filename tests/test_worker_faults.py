@@ -133,3 +133,30 @@ def test_rollout_worker_restarted_between_calls_is_caught_by_its_weights_version
     watch = WorkerWatch(revive=_revive_with("current", 3), weights_version=3)
     groups = GroupStream([worker], [PARTS[0]], PARAMS, watch=watch).collect()
     assert all(g[0]["text"].endswith("-current") for g in groups) and watch.counts["restarts"] == 1
+
+
+def test_lost_learner_rolls_back_to_the_last_checkpoint_then_stops_past_max_restarts(tmp_path, monkeypatch):
+    import json
+    from types import SimpleNamespace
+
+    from rlft.errors import UserError
+    from rlft.pipeline import checkpoint as ckpt
+    from rlft.pipeline import driver
+    from rlft.pipeline.faults import LearnerLost
+
+    monkeypatch.setattr(driver, "wait_until_serving", lambda actor, name, timeout: None)
+    ckpt.commit_checkpoint(tmp_path, 2, ckpt.staging_dir(tmp_path, 2), {"step": 2}, keep=2)
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps({"step": s}) + "\n" for s in range(5)) + '{"step": 5, "rew')  # cut by a kill
+    restored = []
+    stub = SimpleNamespace(
+        cfg=SimpleNamespace(train=SimpleNamespace(max_restarts=1, worker_timeout_s=5.0)), run_dir=tmp_path,
+        learner=object(), learner_restarts=0, state={"step": 4, "faults": {"worker_restarts": 2}}, updating=True,
+        restore=lambda path: (restored.append(path.name), stub.state.update(step=2)), _check_learner=lambda: None,
+    )
+    driver.Trainer._roll_back(stub, LearnerLost("learner step", "died"), metrics)
+    assert restored == ["step_000002"] and stub.state["step"] == 2 and stub.learner_restarts == 1
+    assert stub.state["faults"] == {"worker_restarts": 2} and not stub.updating
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [0, 1, 2]
+    with pytest.raises(UserError, match=r"learner died during learner step; stopping after 1 learner restarts.*--resume"):
+        driver.Trainer._roll_back(stub, LearnerLost("learner step", "died"), metrics)

@@ -26,14 +26,15 @@ class RolloutWorker:
         self.tokenizer = load_tokenizer(cfg.model)
         self.weights_version = 0  # the initial weights; the driver numbers each weight sync
         r = cfg.rollout
+        model_cfg = cfg.model.model_copy(update={"dtype": r.dtype}) if r.dtype else cfg.model
         if r.engine == "vllm":
             from rlft.rollout.vllm_engine import VLLMEngine  # optional extra, imported only when chosen
 
-            self.engine = VLLMEngine(cfg.model, r)
+            self.engine = VLLMEngine(model_cfg, r)
         else:
             from rlft.rollout.builtin import BuiltinEngine
 
-            model = load_causal_lm(cfg.model, pick_device(r.device))
+            model = load_causal_lm(model_cfg, pick_device(r.device))
             self.engine = BuiltinEngine(model, self.tokenizer, max_slots=r.max_slots, scheduling=r.scheduling,
                                         micro_group_size=r.micro_group_size, probe_tokens=r.length_probe_tokens,
                                         kv_budget_tokens=r.kv_budget_tokens)

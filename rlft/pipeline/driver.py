@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from datetime import datetime
 from pathlib import Path
@@ -79,7 +80,7 @@ class Trainer:
         self.saved_step = 0  # the step of the newest checkpoint this process wrote or loaded
         self.updating = False  # an unfinished step has changed the learner or the state
         self.predictors: list = []  # refs to the rollout workers' length predictors after the last step
-        self.watch = WorkerWatch(cfg.train.worker_timeout_s, self.revive)  # deadlines and restarts (DESIGN 4.9)
+        self.watch = WorkerWatch(cfg.train.worker_timeout_s, self.revive)  # docs/methods.md#faults
         self.weights = None  # ref to the weights the rollout workers hold (a restarted one gets them again)
         self.sampler = GroupSampler(cfg, self.task, self._tokenize, self.generate, self.score)
         self.engine_stats: list[dict[str, float]] = []  # per worker and generate call, since the draw began
@@ -154,9 +155,13 @@ class Trainer:
             n=1, temperature=r.eval_temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens, stop=r.stop,
             seed=self.cfg.train.seed,
         )
-        rewards, _ = self.score(self.task.eval_rows, self.generate(self.eval_prompt_ids, params, stream=True))
+        rewards, scores = self.score(self.task.eval_rows, self.generate(self.eval_prompt_ids, params, stream=True))
         threshold = self.cfg.train.eval_accuracy_threshold
-        return {"eval/accuracy": float((rewards >= threshold).float().mean()), "eval/reward": float(rewards.mean())}
+        out = {"eval/accuracy": float((rewards >= threshold).float().mean()), "eval/reward": float(rewards.mean())}
+        for spec in self.cfg.reward.functions:  # each function's mean too (e.g. math_format@0: answers stated)
+            if f"reward/{spec.name}" in scores:
+                out[f"eval/reward/{spec.name}"] = scores[f"reward/{spec.name}"]
+        return out
 
     def draw(self, step: int, version: int) -> Draw:
         """Step `step`'s rollout and reward (TPO, overlong, group filtering) with the policy after `version` steps."""
@@ -290,7 +295,8 @@ class Trainer:
         bar = tqdm(total=cfg.train.steps, initial=self.state["step"], desc="rlft", unit="step",
                    disable=not cfg.train.progress, dynamic_ncols=True)
         try:
-            while self.state["step"] < cfg.train.steps:
+            self.time_up = False
+            while self.state["step"] < cfg.train.steps and not self.time_up:
                 try:
                     self._run_steps(metrics_path, bar)
                 except LearnerLost as lost:
@@ -317,7 +323,10 @@ class Trainer:
             self.state["train_seconds"] += time.perf_counter() - t0
             metrics.update(self._fault_metrics())
             self._check_reward_failures(step, metrics)
-            last = step == cfg.train.steps
+            # train.max_minutes: this step ends the run (final evaluation and checkpoint as at train.steps)
+            limit = cfg.train.max_minutes
+            self.time_up = limit is not None and time.perf_counter() - self.started >= 60 * limit
+            last = step == cfg.train.steps or self.time_up
             if (cfg.train.eval_every and step % cfg.train.eval_every == 0) or last:
                 metrics.update(self._eval_now(step))
             self._record(metrics_path, metrics)
@@ -330,6 +339,8 @@ class Trainer:
                 reward=f"{metrics['reward/mean']:.3f}", acc=f"{self.state['evals'][-1]['eval/accuracy']:.3f}",
                 tok_s=f"{metrics['throughput/rollout_tokens_per_s']:.0f}", refresh=False,
             )
+            if last:
+                return
 
     def _fault_metrics(self) -> dict[str, float]:
         """Restarts and timeouts since the previous step (metrics); their totals go to the state (summary)."""
@@ -424,7 +435,7 @@ class Trainer:
             "best_step": max(evals, key=lambda e: e["eval/accuracy"])["step"],
             # engine statistics over the run's training rollouts, merged as in rlft.rollout.types.ENGINE_STATS
             **{f"rollout/{k}": round(v, 4) for k, v in self.state.get("rollout", {}).items()},
-            # worker restarts, timeouts and learner restarts over the run (DESIGN 4.9)
+            # worker restarts, timeouts and learner restarts over the run (docs/methods.md#faults)
             "faults": dict(self.state.get("faults", {})),
             "nonfinite_steps": self.state.get("nonfinite_steps", 0),
             "peak_memory_mb": {
@@ -487,6 +498,10 @@ def train(cfg: RLConfig, resume_dir: Path | None = None) -> dict:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         plot_curves(run_dir)
         return summary
+    except BaseException:
+        if resume_dir is None and not (run_dir / "metrics.jsonl").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)  # a run that never started leaves no folder behind
+        raise
     finally:
         if trainer is not None:
             trainer.trackers.close()

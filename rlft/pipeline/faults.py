@@ -1,4 +1,4 @@
-"""Deadlines and restarts for the run's workers (DESIGN 4.9).
+"""Deadlines and restarts for the run's workers (docs/methods.md#faults).
 
 Every wait on a worker is bounded by `train.worker_timeout_s`; a worker past it is reported by name and
 phase and killed, so Ray restarts it (actors are created with `max_restarts`). A rollout or reward
