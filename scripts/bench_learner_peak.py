@@ -11,7 +11,8 @@ includes the weights. Cases:
 - `before`: the settings of the first SmolLM2 trial (64 rows per micro-batch, no token bound, plain
   [tokens, vocab] fp32 log-probs);
 - `default`: today's defaults (learner.max_tokens_per_micro_batch, learner.logprobs=auto -> fused);
-- `default+bf16`: the same under learner.autocast=bfloat16.
+- `default+bf16`: the same under learner.autocast=bfloat16;
+- `checkpointing`, `checkpointing+bf16`: the two above with learner.gradient_checkpointing=true.
 
 For each case it also prints the response tokens' log-probs' max difference to `before` and the
 cosine between the gradients (fp32 vs bf16: accuracy parity). Prints a table, writes JSON + PNG.
@@ -31,6 +32,8 @@ CASES = {
     "before": ["learner.micro_batch_size=64", "learner.max_tokens_per_micro_batch=null", "learner.logprobs=plain"],
     "default": [],
     "default+bf16": ["learner.autocast=bfloat16"],
+    "checkpointing": ["learner.gradient_checkpointing=true"],
+    "checkpointing+bf16": ["learner.gradient_checkpointing=true", "learner.autocast=bfloat16"],
 }
 
 
