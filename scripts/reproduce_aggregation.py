@@ -1,4 +1,4 @@
-"""Reproduce the aggregation comparison (grpo, grpo-token, grpo-ba) and the TPO transfer experiment.
+"""Reproduce the aggregation comparisons (grpo, grpo-token, grpo-ba; dr-grpo on the scratchpad task) and TPO.
 
     python scripts/reproduce_aggregation.py                       # 3 presets x 3 seeds, default task and config
     python scripts/reproduce_aggregation.py --seeds 0 --steps 20  # a quick check
@@ -14,7 +14,7 @@ OUT/<experiment>.md, .json and .png (the curves).
 
 With `--task scratchpad` (multi-step addition written out, `data.source=scratchpad`) the arms are
 grpo, grpo-token, dr-grpo and grpo-ba at equal samples: grpo-token is token-mean aggregation alone
-(the DAPO preset's dynamic sampling, clip-higher and overlong penalty off), so it differs from grpo
+(the DAPO preset's group filtering, clip-higher and overlong penalty off), so it differs from grpo
 only in how tokens are weighed. The report adds, from every training step's metrics: response
 length of right and wrong answers, the correlation of length with the advantage sign, and the
 gradient weight each scheme puts on long wrong answers (`rlft.algorithms.weight_stats`); and
@@ -39,7 +39,7 @@ from rlft.config import resolve_config  # noqa: E402
 from rlft.pipeline.driver import ray_session, train  # noqa: E402
 
 AGGREGATION_ARMS = {"grpo": [], "grpo-token": [], "grpo-ba": []}
-TOKEN_MEAN_ONLY = ["algo.dynamic_sampling=false", "algo.clip_eps_high=0.2", "algo.overlong=none"]
+TOKEN_MEAN_ONLY = ["algo.filter_groups=false", "algo.clip_eps_high=0.2", "algo.overlong=none"]
 SCRATCHPAD_ARMS = {"grpo": [], "grpo-token": TOKEN_MEAN_ONLY, "dr-grpo": [], "grpo-ba": []}
 STEP_KEYS = ["response/length_right", "response/length_wrong", "weights/length_sign_corr",
              "weights/negative_share", "weights/long_wrong_share", "weights/long_wrong_token_weight",
