@@ -263,6 +263,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, help="training steps per run (default: the config's train.steps)")
     p.add_argument("--target-accuracy", type=float,
                    help="transfer: accuracy whose samples-to-reach is reported (default: no-transfer's mean final)")
+    p.add_argument("--no-train", action="store_true",
+                   help="report the finished runs only (a reproduction cut short); the others are listed as missing")
     p.add_argument("--window", type=int, default=10, help="scratchpad: steps averaged for early / late lengths")
     p.add_argument("--out", help="folder of run folders and reports (default: bench/<experiment>)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
@@ -281,8 +283,12 @@ def main() -> None:
     out = Path(args.out or f"bench/{experiment}")
     curves: dict[str, list[list[dict]]] = {}
     steps: dict[str, list[list[dict]]] = {}
+    missing = []
     for seed in args.seeds:  # seeds outermost: a reproduction cut short has every arm on the same seeds
         for arm, (algo, extra) in arms.items():
+            if args.no_train and not (out / "runs" / f"{arm}-s{seed}" / "summary.json").is_file():
+                missing.append(f"{arm}-s{seed}")
+                continue
             run_dir = run_one(out, arm, algo, seed, [*extra, *overrides])
             curves.setdefault(arm, []).append(read_curve(run_dir))
             steps.setdefault(arm, []).append(read_steps(run_dir))
@@ -293,11 +299,14 @@ def main() -> None:
     table = summarise(curves, target)
     command = "python scripts/reproduce_aggregation.py " + " ".join(sys.argv[1:])
     report = f"`{command.strip()}`\n\n" + markdown(table, target)
+    if missing:
+        report += f"\nNot finished, left out: {', '.join(missing)}.\n"
     if scratch:
         report += "\n" + length_report(curves, steps, args.window)
+    out.mkdir(parents=True, exist_ok=True)
     (out / f"{experiment}.md").write_text(report)
     (out / f"{experiment}.json").write_text(json.dumps(
-        {"command": command.strip(), "overrides": overrides, "seeds": args.seeds, "target_accuracy": target,
+        {"command": command.strip(), "overrides": overrides, "seeds": args.seeds, "missing": missing, "target_accuracy": target,
          "table": table, "curves": curves, **({"steps": steps} if scratch else {})}, indent=1))
     x_keys = ["samples_scored", "samples", "step"] if args.transfer else ["step"]
     title = f"{experiment}: held-out accuracy" + (" and response length" if scratch else "") + ", mean ± std over seeds"
