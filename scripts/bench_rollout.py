@@ -454,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
                       "hf_generate": "transformers generate, one call per group (batch G)"},
         },
         "kv_measures": {
-            "reserved_kv_bytes": "capacity a mode must allocate to run without preemption (DESIGN 4.4: P + g*L_max vs "
+            "reserved_kv_bytes": "capacity a mode must allocate to run without preemption (docs/methods.md#infinite-sampling: P + g*L_max vs "
                                  "P + G*L_max): the engine's peak blocks of open prompts and parked probes + slots x the "
                                  "blocks of a max_new_tokens response; hf_generate: its dense cache, G x (prompt + "
                                  "max_new_tokens - 1) tokens",

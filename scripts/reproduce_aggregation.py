@@ -207,7 +207,8 @@ def plot(curves: dict[str, list[list[dict]]], path: Path, x_keys: list[str], tit
     import matplotlib.pyplot as plt
     import numpy as np
 
-    labels = {"step": "training step", "samples": "samples generated", "samples_scored": "samples scored by the target"}
+    labels = {"step": "training step", "samples": "samples generated", "samples_scored": "samples scored by the target",
+              "seconds": "trainer wall seconds (summed step times)"}
     panels = len(x_keys) + (steps is not None)
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
     for ax, key in zip(axes[0], x_keys):

@@ -1,4 +1,4 @@
-"""Aggregation modes (DESIGN 4.2) as per-response token weights, against hand-computed values."""
+"""Aggregation modes (docs/methods.md#aggregation) as per-response token weights, against hand-computed values."""
 
 from __future__ import annotations
 

@@ -3,6 +3,9 @@ streaming, and sampling log-probs the learner reproduces."""
 
 from __future__ import annotations
 
+import inspect
+import warnings
+
 import pytest
 import torch
 
@@ -235,3 +238,33 @@ def _no_eos(logits, eos):
     logits = logits.clone()
     logits[:, eos] = float("-inf")
     return logits
+
+
+class _CacheNamedModel(torch.nn.Module):
+    """`inner` behind a forward that takes the KV cache only as `cache` (the newer transformers' name)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.config, self.generation_config = inner, inner.config, inner.generation_config
+        self.inner_arg = "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, use_cache=None, paged_cache=None,
+                logits_to_keep=0):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=use_cache, paged_cache=paged_cache, logits_to_keep=logits_to_keep,
+                          **{self.inner_arg: cache})
+
+
+def test_the_cache_goes_under_the_name_the_model_forward_takes_and_nothing_is_deprecated(lm):
+    model, tokenizer = lm
+    prompts = _prompts(tokenizer)
+    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=6, seed=1)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*past_key_values.*")  # transformers' deprecation of the old name
+        warnings.filterwarnings("error", category=FutureWarning)
+        engine = BuiltinEngine(model, tokenizer, max_slots=4)
+        want = generate(engine, prompts, params)
+        renamed = BuiltinEngine(_CacheNamedModel(model), tokenizer, max_slots=4)
+        got = generate(renamed, prompts, params)
+    assert renamed.cache_arg == "cache"
+    assert [[c.token_ids for c in g] for g in got] == [[c.token_ids for c in g] for g in want]

@@ -39,3 +39,8 @@ def test_rollout_worker_ends_its_stream_with_the_engine_statistics_of_the_call()
     assert stats["length_predictions"] == len(pairs) > 0
     assert stats["length_pred_abs_log_error"] == pytest.approx(
         sum(abs(math.log(p / a)) for p, a in pairs) / len(pairs))
+
+
+def test_a_key_outside_the_table_is_refused_with_where_to_add_it():
+    with pytest.raises(ValueError, match="not in rlft.rollout.types.ENGINE_STATS"):
+        merge_engine_stats({}, {"made_up_count": 1.0})

@@ -1,4 +1,4 @@
-"""LoRA / PoLAR / RefLoRA / RefLoRA-S adapters (DESIGN 4.7): wrapping, init, and the pre-step hooks."""
+"""LoRA / PoLAR / RefLoRA / RefLoRA-S adapters (docs/methods.md#adapters): wrapping, init, and the pre-step hooks."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""learner.weight_compression=neuzip (DESIGN 4.11): exact round trip, compression, bit-identical training steps."""
+"""learner.weight_compression=neuzip (docs/methods.md#neuzip): exact round trip, compression, bit-identical training steps."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from rlft.config import resolve_config  # noqa: E402
 from rlft.errors import ConfigError  # noqa: E402
 from rlft.learner.learner import Learner  # noqa: E402
 from rlft.learner.neuzip import CompressedTensor, NeuZip  # noqa: E402
-from rlft.pipeline.batch import build_train_batch  # noqa: E402
+from test_optim_zo import _batch  # noqa: E402  (the same small grpo-ba batch)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -31,17 +31,8 @@ def test_neuzip_codes_bf16_weights_below_three_quarters():
     assert 0.5 < ratio < 0.75  # 8 raw bits + ~3 bits of exponent entropy, of 16
 
 
-REWARDS = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
 BASE = ["learner.device=cpu", "learner.micro_batch_size=2", "optim.lr=1e-3", "optim.weight_decay=0.01",
         "ray.torch_threads=1"]
-
-
-def _batch(algo_cfg):
-    gen = torch.Generator().manual_seed(1)
-    prompts = [torch.randint(4, 90, (n,), generator=gen).tolist() for n in (3, 5)]
-    responses = [[torch.randint(4, 90, (n,), generator=gen).tolist() for n in group] for group in ([1, 6, 3], [4, 2, 5])]
-    logprobs = [[[-1.0] * len(r) for r in group] for group in responses]
-    return build_train_batch(prompts, responses, logprobs, REWARDS, algo_cfg, max_new_tokens=8, pad_id=0)
 
 
 @pytest.mark.parametrize("extra", [[], ["model.dtype=bfloat16", "learner.gradient_checkpointing=true"],

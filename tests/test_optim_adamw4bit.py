@@ -1,4 +1,4 @@
-"""4-bit AdamW (DESIGN 4.5): codebooks, quantization error bounds, state size, agreement with AdamW."""
+"""4-bit AdamW (docs/methods.md#4-bit-adamw): codebooks, quantization error bounds, state size, agreement with AdamW."""
 
 import pytest
 import torch
@@ -11,7 +11,7 @@ from rlft.optim.adamw4bit import AdamW4bit
 HALF_GAP_DYNAMIC = 0.1125  # half the widest gap of the signed codebook (0.2125..0.4375..0.8875, -1..-0.8875)
 
 
-def test_codebooks_are_the_ones_of_design_4_5():
+def test_codebooks_are_the_papers_16_values():
     expected = [0.0055, 0.0325, 0.0775, 0.2125, 0.4375, 0.6625, 0.8875]
     assert quant4.DYNAMIC_CODES.tolist() == pytest.approx(sorted([-x for x in expected] + [0.0] + expected + [1.0]))
     assert quant4.LINEAR_CODES.tolist() == pytest.approx([k / 16 for k in range(1, 17)])

@@ -1,4 +1,4 @@
-"""Flora (DESIGN 4.6): seeded projections never stored, rank-r state, re-projection in r×r."""
+"""Flora (docs/methods.md#flora): seeded projections never stored, rank-r state, re-projection in r×r."""
 
 import torch
 

@@ -1,4 +1,4 @@
-"""optim.name=zo (DESIGN 4.10): regenerated perturbations, exact restore, the SPSA estimate, resume, LoRA."""
+"""optim.name=zo (docs/methods.md#zeroth-order-update): regenerated perturbations, exact restore, the SPSA estimate, resume, LoRA."""
 
 from __future__ import annotations
 
@@ -222,3 +222,15 @@ def test_zo_with_deepspeed_backend_is_a_config_error():
 
     with pytest.raises(ConfigError, match="steps on loss evaluations"):
         resolve_config("grpo-ba", None, ["optim.name=zo", "learner.backend=deepspeed"])
+
+
+def test_zo_step_with_nonfinite_loss_changes_no_weight():
+    model = _model()
+    opt = ZerothOrder(model.parameters(), lr=0.1, eps=1e-3, weight_decay=0.5)
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    losses = iter([1.0, float("nan")])
+    with torch.no_grad():
+        stats = opt.step(lambda perturb: next(losses))
+    assert stats["zo/nonfinite"] == 1.0
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]), n

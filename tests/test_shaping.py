@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from rlft.config import AlgoConfig, resolve_config
-from rlft.pipeline.batch import build_train_batch
-from rlft.pipeline.shaping import GroupSampler, informative_groups, kl_reward_penalty, overlong_shaping, sampling_seed
+from rlft.pipeline.batch import build_train_batch, kl_reward_penalty
+from rlft.pipeline.shaping import GroupSampler, informative_groups, overlong_shaping, sampling_seed
 
 
 def completion(length: int, truncated: bool = False, text: str = "") -> dict:

@@ -1,4 +1,4 @@
-"""TPO (DESIGN 4.3): group composition, win statistics with ties, UCB arm choice and the null arm's bar."""
+"""TPO (docs/methods.md#transfer-tpo): group composition, win statistics with ties, UCB arm choice and the null arm's bar."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from rlft.config import ModelConfig, RolloutConfig, resolve_config
-from rlft.rollout.types import SamplingParams, generate
+from rlft.rollout.types import ENGINE_STATS, SamplingParams, generate
 
 if importlib.util.find_spec("vllm") is None:
     if os.environ.get("RLFT_REQUIRE_VLLM") == "1":
@@ -69,6 +69,7 @@ def test_vllm_generates_seeded_groups_with_logprobs_and_kv_statistics(engine, pr
             assert all(lp <= 0.0 for lp in c.logprobs) and c.finish_reason in ("stop", "length")
             assert c.text == tokenizer.decode(c.token_ids, skip_special_tokens=True)
     s = engine.stats()
+    assert set(s) <= set(ENGINE_STATS)  # every key has its merge rule and unit
     assert s["generated_tokens"] == sum(len(c.token_ids) for g in groups for c in g)
     assert 0 < s["peak_kv_bytes"] <= s["kv_capacity_bytes"] and s["peak_kv_bytes"] % s["kv_block_bytes"] == 0
     assert s["decode_steps"] >= max(len(c.token_ids) for g in groups for c in g)

@@ -1,4 +1,4 @@
-"""Advantage estimators (DESIGN 4.1): rewards [groups, G] -> advantages [groups, G].
+"""Advantage estimators (docs/methods.md#advantages): rewards [groups, G] -> advantages [groups, G].
 
 Each estimator is a baseline (what is subtracted from r_i) and a default reward scale (what the
 centred rewards are divided by); `algo.advantage_scale` overrides the scale for any of them:

@@ -1,4 +1,4 @@
-"""Aggregation of per-token losses (DESIGN 4.2), as per-token weights fixed when the batch is built.
+"""Aggregation of per-token losses (docs/methods.md#aggregation), as per-token weights fixed when the batch is built.
 
 Every mode here is `loss = sum_{i,t} w_i * l_{i,t}` with one weight per response, computed from
 the whole batch (all micro-batches, all data-parallel ranks). Because the normalisers are global,

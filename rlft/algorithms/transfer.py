@@ -1,4 +1,4 @@
-"""Transfer-learning RLHF (TPO, DESIGN 4.3): which source picks a prompt's extra samples, and how they count.
+"""Transfer-learning RLHF (TPO, docs/methods.md#transfer-tpo): which source picks a prompt's extra samples, and how they count.
 
 Arms are the source reward functions plus the null arm (plain sampling). For a source arm the
 group is G - r plain samples plus the r of N extra samples the source ranks highest; rewards and

@@ -1,4 +1,4 @@
-"""What an aggregation mode does to long wrong answers: statistics of one batch's weights (DESIGN 4.2).
+"""What an aggregation mode does to long wrong answers: statistics of one batch's weights (docs/methods.md#aggregation).
 
 Every mode's loss is sum_{i,t} w_i * l_{i,t} with l already multiplied by A_i, so response i pushes
 on the policy with total weight |A_i| * w_i * |o_i| spread evenly over its |o_i| tokens. The

@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from rlft.learner.learner import Learner, merge_stats
 from rlft.lora import export_peft_adapter, save_merged
+from rlft.learner.micro_batches import micro_batch_slices
 from rlft.models.loading import resolve_model_path
 from rlft.learner.types import TrainBatch
 
@@ -64,6 +65,12 @@ class DeepSpeedLearner(Learner):
         # the training forward goes through the engine: it prepares ZeRO-3's gradient reduction
         # (through the bare model every gradient comes out 0)
         self.train_model = self.engine
+        if cfg.learner.zero_stage == 3:  # ZeRO-3 keeps a slice of the output embedding outside the forward
+            self.fused_logprobs = False
+
+    def _micro_batches(self, batch: TrainBatch) -> list[slice]:
+        # every rank must run as many forwards and backwards as the others (ZeRO's collectives): rows only
+        return micro_batch_slices(batch.attention_mask, self.cfg.learner.micro_batch_size, None)
 
     def _full_parameters(self):
         """Every parameter whole on every rank for the block (ZeRO-3 partitions them; collective)."""
@@ -90,7 +97,7 @@ class DeepSpeedLearner(Learner):
         """One rollout batch: `algo.num_minibatches` optimizer steps over all ranks; returns global statistics."""
         start = time.perf_counter()
         cfg = self.cfg
-        batch = TrainBatch(**{k: v.to(self.device) for k, v in vars(batch).items()})
+        batch = batch.to(self.device)
         shards = []
         for m in range(cfg.algo.num_minibatches):
             rows = (batch.minibatch == m).nonzero().flatten()
@@ -98,7 +105,7 @@ class DeepSpeedLearner(Learner):
                 shards.append(self._shard(batch, rows))
         # the old policy and the reference, before the first update (as in Learner.train_step)
         old = [self._frozen_logprobs(self.model, s) for s in shards] if cfg.algo.num_minibatches > 1 else None
-        ref = [self._frozen_logprobs(self.ref_model, s) for s in shards] if self.ref_model is not None else None
+        ref = [self._reference(s) for s in shards] if self.ref_model is not None else None
         totals: dict[str, float] = {}
         for i, shard in enumerate(shards):
             stats = self._global(self.accumulate_gradients(

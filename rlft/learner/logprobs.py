@@ -8,6 +8,23 @@ import torch.nn.functional as F
 from rlft.learner.fused_logprob import fused_token_logprobs
 
 
+def use_fused_logprobs(choice: str, model_config) -> bool:
+    """learner.logprobs 'plain'/'fused' as given; 'auto': fused where the plain path's logits set the peak.
+
+    Per token, the plain path holds ~5 fp32 copies of the vocabulary row (logits, softmax, their
+    gradients); the decoder saves ~(6 x hidden + 4 x intermediate) floats per layer for backward.
+    Fused is chosen when the first is at least a quarter of the second (large vocabularies, e.g.
+    SmolLM2's 49152 at hidden 576, Qwen2.5's 151936), plain for small ones (the tiny model).
+    """
+    if choice != "auto":
+        return choice == "fused"
+    vocab = getattr(model_config, "vocab_size", 0) or 0
+    hidden = getattr(model_config, "hidden_size", 0) or 0
+    inter = getattr(model_config, "intermediate_size", None) or 4 * hidden
+    layers = getattr(model_config, "num_hidden_layers", 1) or 1
+    return 5 * vocab >= 0.25 * layers * (6 * hidden + 4 * inter)
+
+
 def token_logprobs(
     model: torch.nn.Module,
     tokens: torch.Tensor,
@@ -30,7 +47,16 @@ def token_logprobs(
     """
     if fused_chunk > 0:
         return _fused(model, tokens, attention_mask, temperature, with_entropy, entropy_grad, fused_chunk, targets_mask)
-    logits = model(input_ids=tokens, attention_mask=attention_mask, use_cache=False).logits[:, :-1].float()
+    logits = model(input_ids=tokens, attention_mask=attention_mask, use_cache=False).logits
+    return logprobs_from_logits(logits, tokens, temperature, with_entropy, entropy_grad)
+
+
+def logprobs_from_logits(
+    logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0, with_entropy: bool = False,
+    entropy_grad: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """token_logprobs' values from the model's logits [N, L, vocab] (ZO2 runs the model block by block)."""
+    logits = logits[:, :-1].float()
     if temperature not in (0.0, 1.0):
         logits = logits / temperature
     log_z = torch.logsumexp(logits, dim=-1)

@@ -1,4 +1,4 @@
-"""NeuZip (Hao, Cao, Mou, arXiv 2410.20650; DESIGN 4.11): learner weights held losslessly compressed.
+"""NeuZip (Hao, Cao, Mou, arXiv 2410.20650; docs/methods.md#neuzip): learner weights held losslessly compressed.
 
 Each linear and embedding weight (bf16 or fp32) is split into its raw sign+mantissa bits (1 byte per
 bf16 weight, 3 per fp32) and its 8 exponent bits, which take a few distinct values with skewed

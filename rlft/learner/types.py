@@ -19,14 +19,23 @@ class TrainBatch:
     weights: torch.Tensor  # [N] float32: per-token weight of the policy loss (aggregation)
     token_weights: torch.Tensor  # [N] float32: per-token weight of KL/entropy (token-mean of the mini-batch)
     minibatch: torch.Tensor  # [N] long: optimizer step within this batch
+    # [N, L] float32: the frozen reference's log-probs, when the caller needed them first (algo.kl_mode 'reward'
+    # charges the KL to the rewards before the advantages); None: the learner computes them if it has a reference
+    ref_logprobs: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
+    def _map(self, fn) -> "TrainBatch":
+        return TrainBatch(**{f.name: None if getattr(self, f.name) is None else fn(f.name, getattr(self, f.name))
+                             for f in fields(self)})
+
+    def to(self, device: torch.device) -> "TrainBatch":
+        """The batch with every tensor on `device`."""
+        return self._map(lambda name, t: t.to(device))
+
     def select(self, index: torch.Tensor | slice) -> "TrainBatch":
         """Rows `index`, trimmed to the longest of them."""
-        part = TrainBatch(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+        part = self._map(lambda name, t: t[index])
         width = int(part.attention_mask.sum(dim=1).max()) if len(part) else 0
-        for f in ("tokens", "attention_mask", "response_mask", "rollout_logprobs"):
-            setattr(part, f, getattr(part, f)[:, :width])
-        return part
+        return part._map(lambda name, t: t[:, :width] if t.dim() == 2 else t)

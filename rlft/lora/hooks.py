@@ -1,4 +1,4 @@
-"""What each adapter kind does between backward and the optimizer step (DESIGN 4.7).
+"""What each adapter kind does between backward and the optimizer step (docs/methods.md#adapters).
 
 - polar: the gradients of X and Y become the landing field, computed in O(m·r²).
 - reflora (after warm-up): A.grad <- S⁻¹·A.grad, B.grad <- B.grad·S, with S the geometric mean

@@ -1,4 +1,4 @@
-"""Adapters on the policy's linear layers (DESIGN 4.7) and `apply_lora`, which swaps them in.
+"""Adapters on the policy's linear layers (docs/methods.md#adapters) and `apply_lora`, which swaps them in.
 
 Every kind adds a rank-r update to a frozen base weight W0 [out, in]:
 

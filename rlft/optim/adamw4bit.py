@@ -1,4 +1,4 @@
-"""4-bit AdamW (Li, Chen, Zhu, NeurIPS 2023; DESIGN 4.5): 'adamw-4bit' and 'adamw-4bit-factor'.
+"""4-bit AdamW (Li, Chen, Zhu, NeurIPS 2023; docs/methods.md#4-bit-adamw): 'adamw-4bit' and 'adamw-4bit-factor'.
 
 Tensors with more than `min_numel` elements keep 4-bit moments (rlft/optim/quant4.py); smaller
 ones (norms, biases) keep fp32 moments like torch's AdamW, under the same key names. Each step
@@ -69,7 +69,7 @@ def _triton_step():
 
 @OPTIMIZERS.register("adamw-4bit")
 def build_adamw_4bit(params: Iterable, cfg) -> torch.optim.Optimizer:
-    """4-bit m (blockwise dynamic-exponent) and 4-bit v (rank-1 linear), DESIGN 4.5."""
+    """4-bit m (blockwise dynamic-exponent) and 4-bit v (rank-1 linear), docs/methods.md#4-bit-adamw."""
     return AdamW4bit(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
                      min_numel=cfg.quant_min_numel, block_size=cfg.quant_block_size)
 

@@ -8,7 +8,7 @@ import torch
 
 from rlft.optim import quant4
 
-# state key -> which moment it scales linearly with (RefLoRA-S rescales moments, DESIGN 4.7).
+# state key -> which moment it scales linearly with (RefLoRA-S rescales moments, docs/methods.md#adapters).
 # Rank-1 scales: min(rowmax, colmax) scales with both. Factored v: row/mean(row) is scale-free,
 # so the column statistics carry the factor.
 _MOMENT_KEYS = {

@@ -1,4 +1,4 @@
-"""Flora (Hao, Cao, Mou, ICML 2024; DESIGN 4.6): AdamW whose first moment of 2-D weights lives in a
+"""Flora (Hao, Cao, Mou, ICML 2024; docs/methods.md#flora): AdamW whose first moment of 2-D weights lives in a
 random-projection space of rank r.
 
 For a matrix gradient G [n, m] the momentum is kept as down(G): G·Q [n, r] with Q [m, r] when
@@ -115,6 +115,6 @@ class Flora(CompactAdamW):
 
 @OPTIMIZERS.register("flora", needs={"whole_matrices"})  # projects each [out, in] gradient
 def build_flora(params: Iterable, cfg) -> torch.optim.Optimizer:
-    """Flora: rank-`flora_rank` projected momentum, re-projected every `flora_kappa` steps (DESIGN 4.6)."""
+    """Flora: rank-`flora_rank` projected momentum, re-projected every `flora_kappa` steps (docs/methods.md#flora)."""
     return Flora(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
                  rank=cfg.flora_rank, kappa=cfg.flora_kappa)

@@ -1,4 +1,4 @@
-"""4-bit optimizer state (DESIGN 4.5): codebooks, packing, and the torch path of the fused step.
+"""4-bit optimizer state (docs/methods.md#4-bit-adamw): codebooks, packing, and the torch path of the fused step.
 
 The first moment m is stored as signed codes of the dynamic-exponent codebook, one fp32 absmax
 scale per block of `block` elements. The second moment v is stored as codes of the zero-free

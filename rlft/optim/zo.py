@@ -1,4 +1,4 @@
-"""Zeroth-order optimizer (MeZO-SGD; ZO2, L. Wang et al., arXiv 2503.12668; DESIGN 4.10): 'zo'.
+"""Zeroth-order optimizer (MeZO-SGD; ZO2, L. Wang et al., arXiv 2503.12668; docs/methods.md#zeroth-order-update): 'zo'.
 
 No backward pass and no optimizer state. Per step and per perturbation k = 1..K a seed s_k; the
 direction z_k ~ N(0, I) of every trainable tensor is regenerated from (s_k, the tensor's index)
@@ -14,11 +14,13 @@ regenerated z), so the weights after the evaluations are θ bit for bit by const
 than by the paper's in-place θ + εz − 2εz + εz, which rounding leaves a few ulps off.
 
 The step seed lives in the parameter group (`seed`), so it is saved and restored with the
-optimizer's state_dict: a resumed run draws the same perturbations as one that did not stop.
+optimizer's state_dict: a resumed run draws the same perturbations as one that did not stop. A step
+whose projected gradients are not finite changes no weight (`zo/nonfinite` = 1).
 """
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Callable, Container, Iterable, Iterator
 
@@ -31,10 +33,15 @@ from rlft.optim.registry import OPTIMIZERS
 Perturb = Callable[[torch.Tensor], "torch.Tensor | None"]  # parameter -> the value it reads as (None: itself)
 
 
-def direction(seed: int, index: int, p: torch.Tensor) -> torch.Tensor:
-    """z ~ N(0, I) [p.shape] float32 of trainable tensor number `index` under perturbation seed `seed`."""
-    gen = torch.Generator(device=p.device).manual_seed(next_seed(seed * 1_000_003 + index))
-    return torch.randn(p.shape, generator=gen, device=p.device, dtype=torch.float32).to(_compute_dtype(p))
+def direction(seed: int, index: int, p: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+    """z ~ N(0, I) [p.shape] float32 of trainable tensor number `index` under perturbation seed `seed`.
+
+    Drawn on `device` (default p's): each device type has its own generator, so a tensor that moves
+    between CPU and GPU (ZO2) must draw its z on one fixed device.
+    """
+    gen = torch.Generator(device=device or p.device).manual_seed(next_seed(seed * 1_000_003 + index))
+    z = torch.randn(p.shape, generator=gen, device=device or p.device, dtype=torch.float32)
+    return z.to(device=p.device, dtype=_compute_dtype(p))
 
 
 def _compute_dtype(p: torch.Tensor) -> torch.dtype:
@@ -50,6 +57,7 @@ class ZerothOrder(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, eps=eps, weight_decay=weight_decay, perturbations=perturbations,
                                       seed=seed))
         self.index = {p: i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
+        self.rng_device: torch.device | None = None  # where z is drawn (None: on each tensor's device)
 
     def perturbation(self, seed: int, scale: float) -> Perturb:
         """Reads trainable p as p + scale·z(seed, p), in p's dtype (computed in at least float32)."""
@@ -58,7 +66,7 @@ class ZerothOrder(torch.optim.Optimizer):
             index = self.index.get(p)
             if index is None:
                 return None
-            return (p.to(_compute_dtype(p)) + scale * direction(seed, index, p)).to(p.dtype)
+            return (p.to(_compute_dtype(p)) + scale * direction(seed, index, p, self.rng_device)).to(p.dtype)
 
         return value
 
@@ -74,26 +82,42 @@ class ZerothOrder(torch.optim.Optimizer):
         group = self.param_groups[0]  # one group: seeds and K are per step, not per tensor
         if len(self.param_groups) > 1:
             raise RuntimeError("the zeroth-order optimizer takes one parameter group")
-        eps, count = group["eps"], group["perturbations"]
-        seeds = [next_seed(group["seed"] * 31 + k) for k in range(count)]
-        grads, plus, minus = [], [], []
+        eps, seeds = group["eps"], self.step_seeds()
+        plus, minus = [], []
         for seed in seeds:
             plus.append(float(closure(self.perturbation(seed, eps))))
             minus.append(float(closure(self.perturbation(seed, -eps))))
-            grads.append((plus[-1] - minus[-1]) / (2 * eps))
-        for p, index in self.index.items():
-            update = torch.zeros(p.shape, dtype=_compute_dtype(p), device=p.device)
-            for seed, g in zip(seeds, grads):
-                update.add_(direction(seed, index, p), alpha=g / count)
-            p32 = p.to(update.dtype)
-            if p.dim() >= 2 and group["weight_decay"]:
-                update.add_(p32, alpha=group["weight_decay"])
-            p.copy_(p32.sub_(update, alpha=group["lr"]))
+        grads = [(a - b) / (2 * eps) for a, b in zip(plus, minus)]
+        update = {"seeds": seeds, "grads": grads, "lr": group["lr"], "weight_decay": group["weight_decay"]}
+        if all(map(math.isfinite, grads)):  # a NaN/inf loss would write NaN into every weight: skip the update
+            for p in self.index:
+                self.apply_update(p, update)
+        return self.finish_step(plus, minus)
+
+    def step_seeds(self) -> list[int]:
+        """The K perturbation seeds of the coming step."""
+        group = self.param_groups[0]
+        return [next_seed(group["seed"] * 31 + k) for k in range(group["perturbations"])]
+
+    def apply_update(self, p: torch.Tensor, update: dict) -> None:
+        """θ ← θ − lr·(mean_k g_k·z_k + wd·θ) on one tensor; `update`: seeds, grads, lr, weight_decay of a step."""
+        index, count = self.index[p], len(update["seeds"])
+        delta = torch.zeros(p.shape, dtype=_compute_dtype(p), device=p.device)
+        for seed, g in zip(update["seeds"], update["grads"]):
+            delta.add_(direction(seed, index, p, self.rng_device), alpha=g / count)
+        p32 = p.to(delta.dtype)
+        if p.dim() >= 2 and update["weight_decay"]:
+            delta.add_(p32, alpha=update["weight_decay"])
+        p.copy_(p32.sub_(delta, alpha=update["lr"]))
+
+    def finish_step(self, plus: list[float], minus: list[float]) -> dict[str, float]:
+        """Advance the seed; the step's statistics from its K pairs of losses."""
+        group = self.param_groups[0]
         group["seed"] = next_seed(group["seed"])
-        g = torch.tensor(grads, dtype=torch.float64)
-        return {"zo/projected_grad_mean": float(g.mean()), "zo/projected_grad_abs_mean": float(g.abs().mean()),
-                "zo/projected_grad_std": float(g.std()) if count > 1 else 0.0,
-                "zo/loss_plus": sum(plus) / count, "zo/loss_minus": sum(minus) / count}
+        g = torch.tensor([(a - b) / (2 * group["eps"]) for a, b in zip(plus, minus)], dtype=torch.float64)
+        return {"zo/nonfinite": float(not bool(torch.isfinite(g).all())), "zo/projected_grad_mean": float(g.mean()), "zo/projected_grad_abs_mean": float(g.abs().mean()),
+                "zo/projected_grad_std": float(g.std()) if len(g) > 1 else 0.0,
+                "zo/loss_plus": sum(plus) / len(g), "zo/loss_minus": sum(minus) / len(g)}
 
 
 @contextmanager
@@ -143,7 +167,7 @@ def perturbed(model: nn.Module, trainable: Container[torch.Tensor], perturb: Per
 
 @OPTIMIZERS.register("zo", needs={"loss_closure"})  # the learner hands it a closure of the surrogate
 def build_zo(params: Iterable, cfg) -> torch.optim.Optimizer:
-    """Zeroth-order SPSA (MeZO-SGD): K = `zo_perturbations` perturbations of size `zo_eps` (DESIGN 4.10)."""
+    """Zeroth-order SPSA (MeZO-SGD): K = `zo_perturbations` perturbations of size `zo_eps` (docs/methods.md#zeroth-order-update)."""
     seed = int(torch.randint(0, 2**62, (1,)))  # from the run's seed (the learner seeds torch first)
     return ZerothOrder(params, lr=cfg.lr, eps=cfg.zo_eps, weight_decay=cfg.weight_decay,
                        perturbations=cfg.zo_perturbations, seed=seed)

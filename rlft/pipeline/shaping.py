@@ -2,7 +2,7 @@
 
 `GroupSampler.draw(step)` is the step's rollout and reward phase:
 
-- TPO (`transfer.sources`, DESIGN 4.3): per prompt a UCB-chosen arm; a source arm's group is
+- TPO (`transfer.sources`, docs/methods.md#transfer-tpo): per prompt a UCB-chosen arm; a source arm's group is
   G - r plain samples plus the r of N extra samples that source ranks highest.
 - Overlong handling (`algo.overlong`): truncated responses are masked out of the loss ('filter')
   or the reward pays a soft length penalty over the last part of the budget ('penalty', DAPO).
@@ -20,9 +20,7 @@ from typing import Callable
 import ray
 import torch
 
-from rlft.algorithms.policy_loss import kl_penalty
 from rlft.algorithms.transfer import NULL_ARM, UCBArms, compose_group, win_credit
-from rlft.pipeline.batch import TrainBatch
 from rlft.reward.registry import load_reward_fn
 from rlft.reward.scorer import _metric_names
 from rlft.rollout.types import SamplingParams
@@ -77,12 +75,6 @@ def overlong_shaping(
 def informative_groups(rewards: torch.Tensor) -> list[int]:
     """Indices of the groups whose rewards are not all equal (the others have zero advantage)."""
     return (rewards.max(dim=1).values > rewards.min(dim=1).values).nonzero().flatten().tolist()
-
-
-def kl_reward_penalty(batch: TrainBatch, ref_logprobs: torch.Tensor, algo_cfg, shape: tuple[int, int]) -> torch.Tensor:
-    """kl_coef * sum_t KL_t per response, [B, G], from the sampling and the reference log-probs [N, L]."""
-    kl = kl_penalty(batch.rollout_logprobs, ref_logprobs, algo_cfg.kl_estimator) * batch.response_mask
-    return algo_cfg.kl_coef * kl.sum(dim=1).view(shape)
 
 
 def sampling_seed(base: int, step: int, round_: int = 0, part: int = 0) -> int:
@@ -184,7 +176,7 @@ class GroupSampler:
     def _transfer_sample(self, rows, prompt_ids, params):
         """Per prompt an arm; null: G plain samples; a source: G - r plain + its top r of N extra samples.
 
-        DESIGN draws G + N and keeps G - r random ones of the first G; i.i.d. samples make the first
+        TPO draws G + N and keeps G - r random ones of the first G; i.i.d. samples make the first
         G - r exactly such a subset, so only G - r + N are drawn (and counted as generated).
         """
         t, g = self.cfg.transfer, params.n

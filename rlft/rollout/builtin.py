@@ -102,7 +102,10 @@ class BuiltinEngine:
             )
         types = getattr(config, "layer_types", None) or []
         self.sliding_window = getattr(config, "sliding_window", None) if "sliding_attention" in types else None
-        self.keep_last_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+        forward_params = inspect.signature(model.forward).parameters
+        self.keep_last_logits = "logits_to_keep" in forward_params
+        # newer transformers name the cache argument `cache` and warn on `past_key_values`; older ones know only that
+        self.cache_arg = "cache" if "cache" in forward_params else "past_key_values"
         self.cache = PagedKVCache(self.device, param.dtype, block_size)
         self.predictor = LengthPredictor()
         self.counters: dict[str, float] = {}
@@ -277,8 +280,8 @@ class BuiltinEngine:
             config._attn_implementation = PAGED_SDPA
             extra["paged_cache"] = self.cache
         try:
-            return self.model(input_ids=ids, attention_mask=masks, position_ids=positions, past_key_values=self.cache,
-                              use_cache=True, **extra).logits
+            return self.model(input_ids=ids, attention_mask=masks, position_ids=positions, use_cache=True,
+                              **{self.cache_arg: self.cache}, **extra).logits
         finally:
             config._attn_implementation = self.attn
 
@@ -363,7 +366,8 @@ class BuiltinEngine:
         ]
 
     def _hit_stop(self, tokens: list[int], stop: list[str]) -> bool:
-        tail = self.tokenizer.decode(tokens[-max(8, max(map(len, stop)) + 2):], skip_special_tokens=True)
+        # special tokens kept: a stop string may be one (`<|im_end|>` of chat models)
+        tail = self.tokenizer.decode(tokens[-max(8, max(map(len, stop)) + 2):], skip_special_tokens=False)
         return any(s in tail for s in stop)
 
 

@@ -2,7 +2,7 @@
 
 A sequence's keys and values live in a list of blocks: its group's prompt blocks (written once by
 the prefill and read by every sample of the group) followed by its own response blocks. The cache
-is a `transformers.Cache`, so any causal LM whose attention calls `past_key_values.update` runs on
+is a `transformers.Cache`, so any causal LM whose attention calls the cache's `update` runs on
 it unchanged: before each forward the engine says where the new tokens go (`write_slots`) and which
 blocks every row reads (`read_blocks`); `update` writes, gathers, and hands attention a dense
 [rows, kv_heads, tokens, head_dim] view that the explicit 4-D mask makes exact.

@@ -7,7 +7,7 @@ tested and compared on known lengths without a model.
 
 - full: a group's G samples start together and hold their G slots until the last one ends.
 - micro: rounds of g samples of a group start together and hold their g slots until the round ends.
-- infinite (Wang et al. 2025, DESIGN 4.4): a freed slot is refilled at once, from the same or the next
+- infinite (Wang et al. 2025, docs/methods.md#infinite-sampling): a freed slot is refilled at once, from the same or the next
   group. Each sample first decodes k tokens as a probe (short jobs first: the probes are what makes
   the lengths predictable), then waits, parked with its KV, until the plan gives it a slot back. The
   plan is LPT over the slots' predicted loads; its makespan C* is the budget at run time: a freed slot

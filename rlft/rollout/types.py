@@ -52,6 +52,8 @@ ENGINE_STATS: dict[str, tuple[str, str]] = {
                                  "(open prompts, parked probes, max_new_tokens per slot)"),
     "kv_capacity_bytes": ("max", "KV-cache bytes one worker holds for the call (vLLM: its preallocated cache)"),
     "requests": ("sum", "vLLM requests submitted (a sample past its probe split is two)"),
+    "kv_capacity_bytes": ("max", "KV bytes the engine's pool can hold in one worker (vLLM: its sized cache)"),
+    "requests": ("sum", "generation requests sent to the engine (vLLM: a probe and its continuation are two)"),
     "length_predictions": ("sum", "length predictions the scheduler acted on whose sample then finished"),
     "length_pred_abs_log_error": ("length_predictions", "mean |ln predicted - ln actual length| of those "
                                                         "predictions (0.1: about 10 % off)"),
@@ -62,6 +64,8 @@ def merge_engine_stats(total: dict[str, float], stats: dict[str, float]) -> dict
     """`total` with `stats` merged in by each key's rule in ENGINE_STATS (a new dict)."""
     out = dict(total)
     for key, value in stats.items():
+        if key not in ENGINE_STATS:  # a programmer's error: the engine reports a key the table does not define
+            raise ValueError(f"engine statistic {key!r} is not in rlft.rollout.types.ENGINE_STATS; add its row there")
         rule = ENGINE_STATS[key][0]
         if key not in out:
             out[key] = value
