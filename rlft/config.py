@@ -50,7 +50,9 @@ class ModelConfig(Section):
     path: str = Field(
         "embedded",
         description="'embedded' (the tiny model shipped in rlft), 'embedded:scratchpad' (the one for "
-        "data.source=scratchpad), a local Hugging Face model folder, or a hub id",
+        "data.source=scratchpad), a local Hugging Face model folder, a hub id, or a GGUF file (a .gguf path, or "
+        "package:NAME/FILE.gguf inside an installed package), converted once to a cached HF folder ($RLFT_CACHE, "
+        "default ~/.cache/rlft)",
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="parameter dtype of the policy on the learner and the rollout engine"
@@ -63,7 +65,8 @@ class DataConfig(Section):
     source: str = Field(
         "arithmetic",
         description="'arithmetic' (the embedded task), 'scratchpad' (embedded multi-step addition written out; sets "
-        "its model, reward and response cap unless the run does), a .jsonl/.json/.parquet file, or a datasets name",
+        "its model, reward and response cap unless the run does), 'word-problems' (generated one- and two-step word "
+        "problems, integer answers), a .jsonl/.json/.parquet file, or a datasets name",
     )
     subset: str | None = Field(None, description="datasets config name (e.g. 'main' for gsm8k)")
     split: str = Field("train", description="split used for training")
@@ -119,6 +122,11 @@ class RolloutConfig(Section):
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:i]': the rollout engine's device (vLLM: "
                         "'cuda' gives its worker a Ray GPU; its CPU build runs on 'cpu')")
     gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0, description="vLLM: fraction of GPU memory")
+    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None,
+        description="rollout engine: dtype of its copy of the weights and of the KV cache (None: model.dtype); "
+        "'bfloat16' decodes faster on CPUs with AMX-BF16 and on GPUs while the learner keeps fp32",
+    )
     vllm_kv_cache_gib: float = Field(1.0, gt=0.0, description="vLLM's CPU build: KV cache size in GiB (on a GPU, "
                                      "gpu_memory_utilization sizes it)")
     eval_temperature: float = Field(0.0, ge=0.0, description="held-out evaluation temperature (0: greedy)")
@@ -262,10 +270,22 @@ class LearnerConfig(Section):
     num_workers: int = Field(1, ge=1, description="data-parallel learner actors (deepspeed backend)")
     zero_stage: int = Field(2, ge=0, le=3, description="DeepSpeed ZeRO stage")
     micro_batch_size: int = Field(64, ge=1, description="sequences per forward/backward pass")
+    max_tokens_per_micro_batch: int | None = Field(
+        2048, ge=1,
+        description="padded tokens (rows x longest row) per forward/backward pass at most, so memory does not grow "
+        "with response length; a longer single row is its own pass (None: rows only, learner.micro_batch_size)",
+    )
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:i]'")
     gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
-    logprobs: Literal["plain", "fused"] = Field(
-        "plain", description="'fused': log-probs from hidden states in vocabulary chunks (no full logits)"
+    logprobs: Literal["auto", "plain", "fused"] = Field(
+        "auto",
+        description="'fused': log-probs from hidden states in vocabulary chunks (no full logits); 'auto': fused where "
+        "the vocabulary makes the plain [tokens, vocab] logits the memory peak (rlft.learner.logprobs.use_fused_logprobs)",
+    )
+    autocast: Literal["none", "bfloat16"] = Field(
+        "none",
+        description="'bfloat16': forward and backward under bf16 autocast over fp32 weights and optimizer state "
+        "(faster on GPUs and on CPUs with AMX-BF16; log-probs are still reduced in fp32)",
     )
     vocab_chunk: int = Field(8192, ge=1, description="vocabulary chunk of the fused log-prob, counted in tokens")
     weight_compression: Literal["none", "neuzip"] = Field(
@@ -317,6 +337,11 @@ class LoraConfig(Section):
 class TrainConfig(Section):
     steps: int = Field(200, ge=1, description="training steps (one rollout batch each)")
     seed: int = Field(0, description="seed of data order, sampling and initialisation")
+    max_minutes: float | None = Field(
+        None, gt=0,
+        description="wall-time limit: the first step that ends past this many minutes since start is the last "
+        "(final evaluation and checkpoint follow, as after train.steps; None: no limit)",
+    )
     eval_every: int = Field(25, ge=0, description="held-out evaluation every N steps (0: start and end only)")
     save_every: int = Field(100, ge=0, description="checkpoint every N steps (0: only at the end)")
     keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept on disk")
@@ -325,6 +350,26 @@ class TrainConfig(Section):
     progress: bool = Field(True, description="show the progress bar")
     eval_accuracy_threshold: float = Field(
         1.0, description="a sample counts as correct (accuracy) when its reward reaches this value"
+    )
+    mode: Literal["sync", "async"] = Field(
+        "sync",
+        description="'sync': each step's rollout uses the newest weights; 'async': the rollouts of the next "
+        "max_staleness steps are drawn while the learner trains (off-policy, corrected by algo.tis_cap; on a CPU "
+        "the rollout and learner actors then split the cores)",
+    )
+    max_staleness: int = Field(
+        1, ge=0,
+        description="async: learner updates at most between the policy that drew a batch and the one that trains "
+        "on it (1: one-step off-policy; 0: the same run as sync)",
+    )
+    worker_timeout_s: float | None = Field(
+        1800.0, gt=0, description="longest wait for any worker reply (a group, a reward chunk, a learner step, "
+                                  "weights); a worker past it is reported by name and phase and restarted (null: wait forever)",
+    )
+    max_restarts: int = Field(
+        3, ge=0, description="restarts of each worker after it dies or hangs (rollout and reward workers by Ray, "
+                             "with their unfinished work re-sent; the learner from the last checkpoint); past it the "
+                             "run stops naming --resume",
     )
     max_nonfinite_steps: int = Field(
         3, ge=0, description="steps in a row whose loss or gradient is NaN/inf (each skipped: no weight or optimizer "
@@ -352,7 +397,9 @@ class RayConfig(Section):
     address: str | None = Field(None, description="join this Ray cluster (host:port of its GCS, or 'auto'); default: "
                                 "start a private local Ray that listens on loopback only")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray instance (default: all)")
-    torch_threads: int | None = Field(None, ge=1, description="torch threads per actor (default: all cores)")
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch threads per actor (default: all cores; half of them with train.mode=async)"
+    )
 
 
 class RLConfig(Section):
@@ -480,6 +527,7 @@ def build_config(tree: dict) -> RLConfig:
     check_names(cfg)
     check_learner(cfg)
     check_rollout(cfg)
+    check_async(cfg)
     return cfg
 
 
@@ -511,6 +559,16 @@ def check_rollout(cfg: RLConfig) -> None:
             f"rollout.kv_budget_tokens is a setting of the built-in engine's Infinite-Sampling scheduler, but "
             f"rollout.engine={r.engine} and rollout.scheduling={r.scheduling}: set rollout.engine=builtin and "
             "rollout.scheduling=infinite, or drop kv_budget_tokens (vLLM sizes its KV pool from gpu_memory_utilization)"
+        )
+
+
+def check_async(cfg: RLConfig) -> None:
+    """Off-policy samples need the behaviour-policy correction (docs/methods.md#asynchronous-training)."""
+    t = cfg.train
+    if t.mode == "async" and t.max_staleness > 0 and cfg.algo.tis_cap is None:
+        raise ConfigError(
+            f"train.mode=async with train.max_staleness={t.max_staleness} trains on samples drawn by an older policy "
+            "and needs their importance correction: set algo.tis_cap (2.0 is common), or train.max_staleness=0"
         )
 
 
@@ -559,9 +617,6 @@ def check_neuzip(cfg: RLConfig) -> None:
     from rlft.optim import needs_backward
 
     fix = "or set learner.weight_compression=none"
-    if cfg.learner.logprobs == "fused":
-        raise ConfigError("learner.weight_compression=neuzip does not work with learner.logprobs=fused: the fused "
-                          f"log-prob reads the LM head outside its forward; set learner.logprobs=plain, {fix}")
     if not needs_backward(cfg.optim.name):
         raise ConfigError(f"learner.weight_compression=neuzip does not work with optim.name={cfg.optim.name}: both "
                           f"hand each layer its weights during its forward; use optim.name=adamw, {fix}")

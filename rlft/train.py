@@ -66,7 +66,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. rollout.group_size=16")
-    return parser.parse_args(argv)
+    # intermixed: overrides may come before, between or after the options, as users write them
+    return parser.parse_intermixed_args(argv)
 
 
 def _reward_overrides(specs: list[str]) -> list[dict]:
@@ -107,6 +108,21 @@ def build_run_config(args: argparse.Namespace):
     return cfg
 
 
+def _interrupted_message(e: KeyboardInterrupt) -> str:
+    """What Ctrl-C left behind: the checkpoint saved now or the newest one kept, and how to resume."""
+    run_dir = getattr(e, "run_dir", None)
+    if run_dir is None:
+        return "interrupted before training started; nothing to resume"
+    from rlft.pipeline.checkpoint import latest_checkpoint
+
+    if e.saved is not None:
+        return f"interrupted after step {e.step}; saved {e.saved} (resume with --resume {run_dir})"
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        return f"interrupted during step {e.step + 1}; no checkpoint in {run_dir} yet (--resume {run_dir} starts from step 0)"
+    return f"interrupted during step {e.step + 1}; the last checkpoint is {latest} (resume with --resume {run_dir})"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -128,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("\ninterrupted; the last checkpoint is kept (resume with --resume RUN_DIR)", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print("\n" + _interrupted_message(e), file=sys.stderr)
         return 130
     from rlft.pipeline.report import format_summary
 

@@ -123,6 +123,27 @@ def test_old_rollout_sampling_key_is_accepted_with_a_deprecation_message():
         resolve_config(None, None, ["rollout.sampling=micro", "rollout.scheduling=full"])
 
 
+def test_cli_overrides_may_come_before_between_and_after_options():
+    from rlft.train import build_run_config, parse_args
+
+    args = parse_args(["rollout.group_size=4", "--reward", "math", "optim.lr=0.003", "--algo", "grpo", "train.steps=7"])
+    cfg = build_run_config(args)
+    assert (cfg.rollout.group_size, cfg.optim.lr, cfg.train.steps, cfg.algo.name) == (4, 0.003, 7, "grpo")
+    assert [f.name for f in cfg.reward.functions] == ["math"]
+
+
+def test_failed_start_leaves_no_run_folder(tmp_path, monkeypatch):
+    from rlft.errors import UserError
+    from rlft.pipeline import driver
+
+    monkeypatch.setattr(driver, "ray_session", lambda cfg: False)  # the data fails before any actor starts
+    cfg = resolve_config(None, None, [f"data.source={tmp_path}/missing.jsonl", f"train.output_dir={tmp_path}/runs",
+                                      "train.run_name=x"])
+    with pytest.raises(UserError, match="missing.jsonl"):
+        driver.train(cfg)
+    assert not (tmp_path / "runs" / "x").exists()
+
+
 def test_old_dynamic_sampling_keys_are_accepted_with_a_deprecation_message():
     with pytest.warns(DeprecationWarning, match="algo.dynamic_sampling is deprecated: it is now algo.filter_groups"):
         cfg = resolve_config(None, None, ["algo.dynamic_sampling=true", "algo.dynamic_sampling_max_rounds=5"])

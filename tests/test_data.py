@@ -73,6 +73,46 @@ def test_gsm8k_file_loads_with_question_field(shared_data, tokenizer):
     assert len(task.eval_rows) == 10 and "####" in task.eval_rows[0]["answer"]
 
 
+def test_prompt_template_leaves_non_field_braces_alone():
+    from rlft.data.datasets import fill_template
+
+    text = fill_template("{prompt} Put it in \\boxed{}; \\frac{1}{2}; {{x}}", {"prompt": "2+2?", "answer": "4"})
+    assert text == "2+2? Put it in \\boxed{}; \\frac{1}{2}; {x}"
+
+
+def test_prompt_template_with_an_unknown_field_names_it_and_the_fields():
+    from rlft.data.datasets import fill_template
+
+    with pytest.raises(UserError, match=r"uses \{qestion\}.*no field 'qestion'; fields: answer, prompt"):
+        fill_template("{qestion}", {"prompt": "p", "answer": "a"})
+
+
+def test_word_problems_have_integer_answers_and_a_fixed_held_out_set(tokenizer):
+    import random
+    import re
+
+    from rlft.data.word_problems import make_word_problem
+
+    rng = random.Random(0)
+    for _ in range(200):
+        row = make_word_problem(rng)
+        numbers = [int(n) for n in re.findall(r"\d+", row["prompt"])]
+        assert int(row["answer"]) >= 0 and len(numbers) in (2, 3)
+        if "gets" in row["prompt"]:
+            assert int(row["answer"]) == sum(numbers)
+        elif "bags" in row["prompt"]:
+            assert int(row["answer"]) == numbers[0] * numbers[1]
+        elif "gives away" in row["prompt"]:
+            assert int(row["answer"]) == numbers[0] - numbers[1]
+        else:
+            assert int(row["answer"]) == numbers[0] + numbers[1] - numbers[2]
+    cfg = DataConfig(source="word-problems", eval_size=50)
+    a, b = build_task(cfg, tokenizer, seed=0), build_task(cfg, tokenizer, seed=1)
+    assert a.eval_rows == b.eval_rows
+    held = {r["prompt"] for r in a.eval_rows}
+    assert not held & {r["prompt"] for step in range(1, 20) for r in a.train_batch(step, 16)}
+
+
 def _rows_file(tmp_path, rows: list[dict]):
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))

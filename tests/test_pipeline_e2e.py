@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from rlft.config import resolve_config
+from rlft.pipeline import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow
 
@@ -65,6 +66,17 @@ def test_few_steps_through_ray_write_metrics_checkpoints_and_summary(ray_cluster
     AutoModelForCausalLM.from_pretrained(run / "checkpoints" / "step_000003")  # plain HF format
 
 
+def test_max_minutes_ends_the_run_after_the_step_that_passes_it_with_eval_and_checkpoint(ray_cluster, tmp_path):
+    from rlft.pipeline.driver import train
+
+    cfg = resolve_config("grpo-ba", None, [*SMALL, "train.steps=50", "train.max_minutes=0.0001", "train.eval_every=0",
+                                           f"train.output_dir={tmp_path}", "train.run_name=t"])
+    summary = train(cfg)
+    assert summary["steps"] == 1
+    assert sorted(_records(tmp_path / "t")) == [0, 1] and "eval/accuracy" in _records(tmp_path / "t")[1]
+    assert (tmp_path / "t" / "checkpoints" / "step_000001").is_dir()
+
+
 def test_resume_gives_the_same_next_metrics_as_an_uninterrupted_run(ray_cluster, tmp_path):
     from rlft.pipeline.driver import train
 
@@ -82,27 +94,45 @@ def test_resume_gives_the_same_next_metrics_as_an_uninterrupted_run(ray_cluster,
                 assert resumed[step][key] == pytest.approx(straight[step][key], rel=1e-6, abs=1e-9), (step, key)
 
 
-def _ray_pids() -> set[int]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()[1:]
-    return {int(line.split()[0]) for line in out if any(k in line for k in ("raylet", "gcs_server", "ray::"))}
+def _processes_with(marker: str) -> set[int]:
+    """Processes whose environment holds `marker`: the run's driver and every Ray process it started
+    (they inherit its environment), and no one else's on a shared machine."""
+    found = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if marker.encode() in Path(f"/proc/{pid}/environ").read_bytes():
+                found.add(int(pid))
+        except OSError:
+            pass
+    return found
 
 
-def test_ctrl_c_stops_the_run_and_leaves_no_ray_processes(tmp_path):
-    before = _ray_pids()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def test_ctrl_c_saves_the_finished_steps_names_the_folder_and_leaves_no_ray_processes(tmp_path):
+    marker = f"RLFT_TEST_RUN={os.getpid()}-{time.time_ns()}"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", marker.split("=")[0]: marker.split("=")[1]}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rlft.train", *SMALL, "train.steps=500", f"train.output_dir={tmp_path}",
-         "train.run_name=c"],
+        [sys.executable, "-m", "rlft.train", *SMALL, "train.steps=500", "train.save_every=100",
+         f"train.output_dir={tmp_path}", "train.run_name=c"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
     metrics = tmp_path / "c" / "metrics.jsonl"
-    deadline = time.time() + 240
-    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+    deadline = time.time() + 600  # generous: Ray's start alone took minutes on a machine at load ~60
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
         time.sleep(0.5)
     assert metrics.exists(), proc.stderr.read() if proc.poll() is not None else "no metrics in time"
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=180)
     assert proc.returncode == 130, err
-    assert "Traceback" not in err and "interrupted" in err
-    time.sleep(2)
-    assert _ray_pids() - before == set()
+    assert "Traceback" not in err and "interrupted" in err and "RUN_DIR" not in err
+    assert f"--resume {tmp_path / 'c'}" in err, err
+    finished = max(json.loads(line)["step"] for line in metrics.read_text().splitlines())
+    latest = ckpt.latest_checkpoint(tmp_path / "c")
+    if "saved " in err:  # stopped between steps: the finished ones are in a checkpoint named in the message
+        assert latest is not None and str(latest) in err
+        assert json.loads((latest / "trainer_state.json").read_text())["step"] == finished
+    else:  # stopped inside a learner update: nothing new could be saved, and it says so
+        assert "no checkpoint" in err or str(latest) in err
+    deadline = time.time() + 30  # Ray's processes exit a moment after the driver
+    while time.time() < deadline and _processes_with(marker):
+        time.sleep(1)
+    assert _processes_with(marker) == set()

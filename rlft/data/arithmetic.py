@@ -23,26 +23,28 @@ def make_problem(rng: random.Random, digits: int) -> dict:
     return {"prompt": f"{a}+{b}=", "answer": str(a + b)}
 
 
-def held_out_problems(count: int, digits: int) -> list[dict]:
+def held_out_problems(count: int, digits: int, make: Callable[[random.Random, int], dict] = make_problem) -> list[dict]:
     """The fixed held-out set: `count` distinct problems."""
     rng = random.Random(HELD_OUT_SEED + digits)
     seen: dict[str, dict] = {}
     while len(seen) < count:
-        row = make_problem(rng, digits)
+        row = make(rng, digits)
         seen.setdefault(row["prompt"], row)
     return list(seen.values())
 
 
 class ArithmeticTask:
-    """Train batches by step and the held-out set for the addition task."""
+    """Train batches by step and the held-out set for the addition task (or another generator, `make`)."""
 
     def __init__(
-        self, digits: int = 3, eval_size: int = 500, seed: int = 0, format_prompt: Callable[[dict], str] | None = None
+        self, digits: int = 3, eval_size: int = 500, seed: int = 0, format_prompt: Callable[[dict], str] | None = None,
+        make: Callable[[random.Random, int], dict] = make_problem,
     ):
         self.digits = digits
         self.seed = seed
         self.format_prompt = format_prompt
-        raw_eval = held_out_problems(eval_size, digits)
+        self.make = make
+        raw_eval = held_out_problems(eval_size, digits, make)
         self._held_out = {row["prompt"] for row in raw_eval}
         self.eval_rows = [self._formatted(row) for row in raw_eval]
 
@@ -54,7 +56,7 @@ class ArithmeticTask:
         rng = random.Random(f"arithmetic-{self.seed}-{step}")
         rows = []
         while len(rows) < size:
-            row = make_problem(rng, self.digits)
+            row = self.make(rng, self.digits)
             if row["prompt"] not in self._held_out:
                 rows.append(self._formatted(row))
         return rows

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from pathlib import Path
 
 from rlft.errors import UserError
@@ -11,6 +12,25 @@ from rlft.errors import UserError
 log = logging.getLogger("rlft")
 
 LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+# `{{` / `}}` (str.format's escapes, still accepted), or `{name}`; any other brace is text (`\boxed{}`)
+TEMPLATE_PART = re.compile(r"\{\{|\}\}|\{([A-Za-z_]\w*)\}")
+
+
+def fill_template(template: str, fields: dict) -> str:
+    """`template` with each `{name}` replaced by `fields[name]`; other braces are left as written."""
+
+    def part(match: re.Match) -> str:
+        name = match.group(1)
+        if name is None:
+            return match.group(0)[0]
+        if name not in fields:
+            raise UserError(
+                f"data.prompt_template uses {{{name}}}, but the data has no field {name!r}; fields: "
+                f"{', '.join(sorted(fields))} (write {{{{{name}}}}} for literal braces)"
+            )
+        return str(fields[name])
+
+    return TEMPLATE_PART.sub(part, template)
 
 
 def is_local_file(source: str) -> bool:
@@ -56,7 +76,7 @@ class PromptFormatter:
         cfg = self.cfg
         if cfg.prompt_field not in row:
             raise UserError(f"data.prompt_field {cfg.prompt_field!r} is not a field of the data; fields: {sorted(row)}")
-        text = cfg.prompt_template.format(prompt=row[cfg.prompt_field], **{k: v for k, v in row.items() if k != "prompt"})
+        text = fill_template(cfg.prompt_template, {**row, "prompt": row[cfg.prompt_field]})
         if not cfg.chat_template:
             return text
         messages = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []) + [

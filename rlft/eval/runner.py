@@ -18,8 +18,8 @@ from rlft.rollout.types import SamplingParams
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     """Model, engine, sampling and output options of both evaluation scripts."""
     parser.add_argument("--model", default="embedded",
-                        help="'embedded', a Hugging Face model folder or hub id, "
-                             "or a folder of checkpoints (its newest HF checkpoint)")
+                        help="'embedded', a Hugging Face model folder or hub id, a folder of checkpoints (its "
+                             "newest HF checkpoint), or a GGUF file (a .gguf path or package:NAME/FILE.gguf)")
     parser.add_argument("--data-dir", help="folder holding the benchmark files (e.g. ../shared/data)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N problems of each benchmark")
     parser.add_argument("--n", type=int, default=1, help="samples per problem")

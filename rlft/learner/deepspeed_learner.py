@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from rlft.learner.learner import Learner, merge_stats
 from rlft.lora import export_peft_adapter, save_merged
+from rlft.learner.micro_batches import micro_batch_slices
 from rlft.models.loading import resolve_model_path
 from rlft.learner.types import TrainBatch
 
@@ -64,6 +65,12 @@ class DeepSpeedLearner(Learner):
         # the training forward goes through the engine: it prepares ZeRO-3's gradient reduction
         # (through the bare model every gradient comes out 0)
         self.train_model = self.engine
+        if cfg.learner.zero_stage == 3:  # ZeRO-3 keeps a slice of the output embedding outside the forward
+            self.fused_logprobs = False
+
+    def _micro_batches(self, batch: TrainBatch) -> list[slice]:
+        # every rank must run as many forwards and backwards as the others (ZeRO's collectives): rows only
+        return micro_batch_slices(batch.attention_mask, self.cfg.learner.micro_batch_size, None)
 
     def _full_parameters(self):
         """Every parameter whole on every rank for the block (ZeRO-3 partitions them; collective)."""

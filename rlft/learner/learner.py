@@ -9,8 +9,9 @@ from pathlib import Path
 
 import torch
 
-from rlft.learner.logprobs import token_logprobs
+from rlft.learner.logprobs import token_logprobs, use_fused_logprobs
 from rlft.learner.loss import micro_batch_loss
+from rlft.learner.micro_batches import micro_batch_slices
 from rlft.learner.neuzip import NeuZip
 from rlft.lora import apply_lora, export_peft_adapter, lora_before_step, merged_state_dict, save_merged
 from rlft.models.loading import load_causal_lm, load_model_weights, pick_device, resolve_model_path
@@ -41,7 +42,10 @@ class Learner:
             if self.lora:  # frozen embeddings: checkpointed blocks still need an input that wants grad
                 self.model.enable_input_require_grads()
         self.model.train()
-        self.neuzip = NeuZip(self.model) if cfg.learner.weight_compression == "neuzip" else None
+        self.fused_logprobs = use_fused_logprobs(cfg.learner.logprobs, self.model.config)
+        self.neuzip = None
+        if cfg.learner.weight_compression == "neuzip":  # the fused log-prob reads the LM head outside its forward
+            self.neuzip = NeuZip(self.model, keep=[self.model.get_output_embeddings()] if self.fused_logprobs else [])
         self.train_model = self.model  # what the training forward runs through (DeepSpeed: its engine)
         self.ref_model = None
         if cfg.algo.kl_coef > 0:
@@ -55,22 +59,28 @@ class Learner:
         self.optimizer_steps = 0
 
     def _logprobs(self, model, part: TrainBatch, with_entropy: bool = False):
-        fused = self.cfg.learner.logprobs == "fused"
-        return token_logprobs(
-            model, part.tokens, part.attention_mask, self.cfg.rollout.temperature or 1.0,
-            with_entropy=with_entropy, entropy_grad=bool(self.cfg.algo.entropy_coef),
-            fused_chunk=self.cfg.learner.vocab_chunk if fused else 0, targets_mask=part.response_mask,
-        )
+        fused = self.fused_logprobs
+        # learner.autocast: bf16 matmuls (AMX / tensor cores) over fp32 master weights; log-softmax stays fp32
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.learner.autocast == "bfloat16"):
+            return token_logprobs(
+                model, part.tokens, part.attention_mask, self.cfg.rollout.temperature or 1.0,
+                with_entropy=with_entropy, entropy_grad=bool(self.cfg.algo.entropy_coef),
+                fused_chunk=self.cfg.learner.vocab_chunk if fused else 0, targets_mask=part.response_mask,
+            )
 
     @torch.no_grad()
     def _frozen_logprobs(self, model, batch: TrainBatch) -> torch.Tensor:
         """[N, L] log-probs of a model that does not change during this step (reference or old policy)."""
         out = torch.zeros_like(batch.rollout_logprobs)
-        for start in range(0, len(batch), self.cfg.learner.micro_batch_size):
-            part = batch.select(slice(start, start + self.cfg.learner.micro_batch_size))
+        for rows in self._micro_batches(batch):
+            part = batch.select(rows)
             logprobs, _ = self._logprobs(model, part)
-            out[start : start + len(part), : logprobs.shape[1]] = logprobs
+            out[rows, : logprobs.shape[1]] = logprobs
         return out
+
+    def _micro_batches(self, batch: TrainBatch) -> list[slice]:
+        ln = self.cfg.learner
+        return micro_batch_slices(batch.attention_mask, ln.micro_batch_size, ln.max_tokens_per_micro_batch)
 
     def reference_logprobs(self, batch: TrainBatch) -> torch.Tensor:
         """[N, L] log-probs of the frozen reference on CPU (algo.kl_mode 'reward': charged before advantages;
@@ -146,17 +156,16 @@ class Learner:
         `old` / `ref`: [n, L] log-probs of the policy before this step / of the reference; with no
         `old` the current policy is the behaviour policy (ratio 1, the on-policy case).
         """
-        size = self.cfg.learner.micro_batch_size
         totals: dict[str, float] = {}
-        for s in range(0, len(minibatch), size):
-            part = minibatch.select(slice(s, s + size))
+        for rows in self._micro_batches(minibatch):
+            part = minibatch.select(rows)
             width = part.tokens.shape[1]
             logprobs, entropy = self._logprobs(self.train_model, part, with_entropy=True)
             loss, stats = micro_batch_loss(
                 logprobs,
-                old[s : s + size, :width] if old is not None else logprobs.detach(),
+                old[rows, :width] if old is not None else logprobs.detach(),
                 part.response_mask, part.advantages, part.weights, part.token_weights, self.cfg.algo,
-                ref_logprobs=ref[s : s + size, :width] if ref is not None else None,
+                ref_logprobs=ref[rows, :width] if ref is not None else None,
                 entropy=entropy, rollout_logprobs=part.rollout_logprobs,
             )
             self._backward(loss)

@@ -8,6 +8,23 @@ import torch.nn.functional as F
 from rlft.learner.fused_logprob import fused_token_logprobs
 
 
+def use_fused_logprobs(choice: str, model_config) -> bool:
+    """learner.logprobs 'plain'/'fused' as given; 'auto': fused where the plain path's logits set the peak.
+
+    Per token, the plain path holds ~5 fp32 copies of the vocabulary row (logits, softmax, their
+    gradients); the decoder saves ~(6 x hidden + 4 x intermediate) floats per layer for backward.
+    Fused is chosen when the first is at least a quarter of the second (large vocabularies, e.g.
+    SmolLM2's 49152 at hidden 576, Qwen2.5's 151936), plain for small ones (the tiny model).
+    """
+    if choice != "auto":
+        return choice == "fused"
+    vocab = getattr(model_config, "vocab_size", 0) or 0
+    hidden = getattr(model_config, "hidden_size", 0) or 0
+    inter = getattr(model_config, "intermediate_size", None) or 4 * hidden
+    layers = getattr(model_config, "num_hidden_layers", 1) or 1
+    return 5 * vocab >= 0.25 * layers * (6 * hidden + 4 * inter)
+
+
 def token_logprobs(
     model: torch.nn.Module,
     tokens: torch.Tensor,

@@ -1,4 +1,4 @@
-"""Model and tokenizer loading: the embedded tiny models, a local HF folder or a hub id."""
+"""Model and tokenizer loading: the embedded tiny models, a local HF folder, a GGUF file or a hub id."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from rlft.errors import UserError
+from rlft.models.gguf import gguf_to_hf, is_gguf_path
 
 EMBEDDED_MODEL_DIR = Path(__file__).parent / "tiny"
 # model.path names of the shipped models: the default one (addition) and the one for data.source=scratchpad
@@ -16,7 +17,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def resolve_model_path(path: str) -> str:
-    """'embedded' / 'embedded:scratchpad' -> a shipped model's folder; anything else goes to transformers as is."""
+    """'embedded' / 'embedded:scratchpad' -> a shipped model's folder; a GGUF file -> its converted HF folder; else as is."""
     if path in EMBEDDED_MODELS:
         folder = EMBEDDED_MODELS[path]
         if not (folder / "config.json").is_file():
@@ -26,6 +27,8 @@ def resolve_model_path(path: str) -> str:
                 f"`python scripts/make_tiny_model.py{task} --out {folder}` or reinstall rlft"
             )
         return str(folder)
+    if is_gguf_path(path):
+        return gguf_to_hf(path)
     return path
 
 

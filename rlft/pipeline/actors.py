@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import ray
 import torch
 
@@ -10,6 +12,7 @@ from rlft.models.loading import load_causal_lm, load_tokenizer, pick_device
 from rlft.pipeline.learner_group import LearnerGroup
 from rlft.pipeline.process import peak_rss_bytes, set_torch_threads
 from rlft.reward.scorer import RewardScorer
+from rlft.rollout.streaming import StaleWeights
 from rlft.rollout.types import SamplingParams
 
 
@@ -21,28 +24,43 @@ class RolloutWorker:
         self.cfg = cfg
         self.index = index
         self.tokenizer = load_tokenizer(cfg.model)
+        self.weights_version = 0  # the initial weights; the driver numbers each weight sync
         r = cfg.rollout
+        model_cfg = cfg.model.model_copy(update={"dtype": r.dtype}) if r.dtype else cfg.model
         if r.engine == "vllm":
             from rlft.rollout.vllm_engine import VLLMEngine  # optional extra, imported only when chosen
 
-            self.engine = VLLMEngine(cfg.model, r)
+            self.engine = VLLMEngine(model_cfg, r)
         else:
             from rlft.rollout.builtin import BuiltinEngine
 
-            model = load_causal_lm(cfg.model, pick_device(r.device))
+            model = load_causal_lm(model_cfg, pick_device(r.device))
             self.engine = BuiltinEngine(model, self.tokenizer, max_slots=r.max_slots, scheduling=r.scheduling,
                                         micro_group_size=r.micro_group_size, probe_tokens=r.length_probe_tokens,
                                         kv_budget_tokens=r.kv_budget_tokens)
 
-    def stream(self, prompt_ids: list[list[int]], params: SamplingParams):
+    def stream(self, prompt_ids: list[list[int]], params: SamplingParams, weights_version: int | None = None):
         """A Ray streaming generator: (index in `prompt_ids`, group as dicts) the moment each group completes,
-        then (None, the engine's statistics of this call)."""
+        then (None, the engine's statistics of this call). `weights_version`: the weights the caller expects
+        (a worker Ray restarted in between holds the initial ones and refuses)."""
+        if weights_version is not None and weights_version != self.weights_version:
+            raise StaleWeights(f"rollout worker {self.index} holds weights version {self.weights_version}, "
+                               f"expected {weights_version} (it was restarted)")
         for index, group in self.engine.generate_groups(prompt_ids, params):
             yield index, [vars(c) for c in group]
         yield None, self.engine.stats()
 
-    def load_weights(self, state: dict[str, torch.Tensor]) -> None:
+    def load_weights(self, state: dict[str, torch.Tensor], version: int = 0) -> None:
         self.engine.load_weights(state)
+        self.weights_version = version
+
+    def length_predictor(self):
+        """The engine's online length predictor (checkpointed, so a resumed run schedules as before)."""
+        return getattr(self.engine, "predictor", None)
+
+    def load_length_predictor(self, predictor) -> None:
+        if predictor is not None and hasattr(self.engine, "predictor"):
+            self.engine.predictor = predictor
 
     def peak_memory_bytes(self) -> int:
         return peak_rss_bytes()
@@ -68,6 +86,11 @@ class LearnerWorker(Learner):
     def __init__(self, cfg):
         set_torch_threads(cfg)
         super().__init__(cfg)
+        self.life = uuid.uuid4().hex  # a new one each time Ray restarts the process
+
+    def incarnation(self) -> str:
+        """Which start of this actor answers: a change means Ray restarted it (with the initial weights)."""
+        return self.life
 
     def peak_memory_bytes(self) -> int:
         return max(super().peak_memory_bytes(), peak_rss_bytes())
@@ -81,12 +104,14 @@ def start_actors(cfg) -> tuple[list, list, object]:
     learner_gpus = 1 if pick_device(cfg.learner.device).type == "cuda" else 0
     # CPU actors ask Ray for no CPU slots: the sync loop runs one phase at a time and each actor
     # sets its own torch threads, so reserving cores would only stop small machines from starting.
-    rollout_cls = ray.remote(num_cpus=0, num_gpus=rollout_gpus)(RolloutWorker)
-    reward_cls = ray.remote(num_cpus=0)(RewardWorker)
+    # a worker that dies is started again by Ray (its calls in flight fail; the driver re-sends them)
+    restarts = cfg.train.max_restarts
+    rollout_cls = ray.remote(num_cpus=0, num_gpus=rollout_gpus, max_restarts=restarts)(RolloutWorker)
+    reward_cls = ray.remote(num_cpus=0, max_restarts=restarts)(RewardWorker)
     rollout = [rollout_cls.remote(cfg, i) for i in range(cfg.rollout.num_workers)]
     rewards = [reward_cls.remote(cfg) for _ in range(cfg.reward.num_workers)]
     if cfg.learner.backend == "deepspeed":
         learner = LearnerGroup(cfg, learner_gpus)
     else:
-        learner = ray.remote(num_cpus=0, num_gpus=learner_gpus)(LearnerWorker).remote(cfg)
+        learner = ray.remote(num_cpus=0, num_gpus=learner_gpus, max_restarts=restarts)(LearnerWorker).remote(cfg)
     return rollout, rewards, learner

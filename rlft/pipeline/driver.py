@@ -1,4 +1,5 @@
-"""The single controller: rollout -> reward -> learner -> weight sync, one step at a time (on-policy).
+"""The single controller: rollout -> reward -> learner -> weight sync, one step at a time (on-policy), or
+with the next steps' rollouts drawn while the learner trains (`train.mode=async`, see async_rollout.py).
 
 Reads top to bottom: `train()` sets up the run folder and Ray, `Trainer.run()` is the loop.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from datetime import datetime
 from pathlib import Path
@@ -23,17 +25,20 @@ from rlft.errors import UserError
 from rlft.models.loading import context_length, load_tokenizer
 from rlft.pipeline import checkpoint as ckpt
 from rlft.pipeline.actors import start_actors
+from rlft.pipeline.async_rollout import Draw, RolloutQueue
 from rlft.pipeline.batch import build_step_batch
+from rlft.pipeline.faults import LearnerLost, learner_get
 from rlft.pipeline.learner_group import LearnerGroup
 from rlft.pipeline.loggers import Trackers
 from rlft.pipeline.ray_session import close_ray, ray_session
 from rlft.pipeline.report import plot_curves
 from rlft.pipeline.shaping import GroupSampler
 from rlft.reward import RewardFailureError, check_failure_rate
-from rlft.rollout.streaming import GroupStream, score_groups
+from rlft.rollout.streaming import WORKER_LOST, GroupStream, WorkerWatch, score_groups, wait_until_serving
 from rlft.rollout.types import SamplingParams, merge_engine_stats
 
 log = logging.getLogger("rlft")
+IN_FLIGHT = "in_flight.pt"  # async mode: the draws a checkpoint held in flight
 
 
 def split_evenly(items: list, parts: int) -> list[list]:
@@ -45,6 +50,14 @@ def split_evenly(items: list, parts: int) -> list[list]:
         out.append(items[start:end])
         start = end
     return out
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: which run, how many steps finished and the checkpoint that holds them."""
+
+    def __init__(self, run_dir: Path, step: int, saved: Path | None):
+        super().__init__(str(run_dir))
+        self.run_dir, self.step, self.saved = run_dir, step, saved
 
 
 class Trainer:
@@ -60,10 +73,24 @@ class Trainer:
                                None if context is None else context - cfg.rollout.max_new_tokens)
         self.rollout, self.rewarders, self.learner = start_actors(cfg)
         self.eval_prompt_ids = [self._tokenize(r["prompt"]) for r in self.task.eval_rows]
-        self.state = {"step": 0, "evals": [], "samples": 0, "tokens": 0, "train_seconds": 0.0}
+        self.state = self._initial_state()
+        self.learner_restarts = 0
+        self.learner_life: str | None = None  # the learner's incarnation whose state the run trusts
+        self.counted: dict[str, int] = {}  # fault counts already reported in the metrics
+        self.saved_step = 0  # the step of the newest checkpoint this process wrote or loaded
+        self.updating = False  # an unfinished step has changed the learner or the state
+        self.predictors: list = []  # refs to the rollout workers' length predictors after the last step
+        self.watch = WorkerWatch(cfg.train.worker_timeout_s, self.revive)  # docs/methods.md#faults
+        self.weights = None  # ref to the weights the rollout workers hold (a restarted one gets them again)
         self.sampler = GroupSampler(cfg, self.task, self._tokenize, self.generate, self.score)
-        self.engine_stats: list[dict[str, float]] = []  # per worker and generate call, since the step began
+        self.engine_stats: list[dict[str, float]] = []  # per worker and generate call, since the draw began
+        self.rollouts: RolloutQueue | None = None  # async mode: the batches drawn ahead (made when the loop starts)
+        self._in_flight: list[Draw] = []  # async mode: draws a restored checkpoint held in flight
         self.trackers = Trackers(cfg.train.loggers, run_dir, cfg.model_dump(mode="json"))
+
+    @staticmethod
+    def _initial_state() -> dict:
+        return {"step": 0, "evals": [], "samples": 0, "tokens": 0, "train_seconds": 0.0}
 
     def _tokenize(self, text: str) -> list[int]:
         return self.tokenizer(text)["input_ids"]
@@ -73,20 +100,53 @@ class Trainer:
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams, stream: bool = False):
         """Groups for `prompt_ids` in prompt order, the prompts dealt evenly to the rollout workers; with
         `stream`, a GroupStream that yields each group the moment it completes (hand it to `score`)."""
-        groups = GroupStream(self.rollout, split_evenly(prompt_ids, len(self.rollout)), params, self.engine_stats)
+        groups = GroupStream(self.rollout, split_evenly(prompt_ids, len(self.rollout)), params, self.engine_stats,
+                             self.watch)
         return groups if stream else groups.collect()
 
     def score(self, rows: list[dict], groups: list[list[dict]] | GroupStream) -> tuple[torch.Tensor, dict]:
         """Rewards [prompts, G] in prompt order and the reward metrics. A GroupStream is scored while it
         decodes: each chunk of consecutive prompts goes to a reward worker once its groups are in."""
         if isinstance(groups, GroupStream):
-            return score_groups(self.rewarders, rows, groups.groups, (index for index, _ in groups))
-        return score_groups(self.rewarders, rows, groups, range(len(groups)))
+            return score_groups(self.rewarders, rows, groups.groups, (index for index, _ in groups), self.watch)
+        return score_groups(self.rewarders, rows, groups, range(len(groups)), self.watch)
 
-    def sync_weights(self) -> None:
-        """Learner -> object store -> every rollout worker (one put, many gets)."""
-        weights = self.learner.state_dict.remote()
-        ray.get([w.load_weights.remote(weights) for w in self.rollout])
+    def sync_weights(self, weights=None) -> None:
+        """Learner -> object store -> every rollout worker (one put, many gets); `weights`: a ref to the learner's
+        weights taken earlier (async mode), else the current ones."""
+        timeout = self.cfg.train.worker_timeout_s
+        weights = self.learner.state_dict.remote() if weights is None else weights
+        if not ray.wait([weights], timeout=timeout)[0]:
+            learner_get(weights, self.learner, "weight sync", 0)  # past its deadline: raises LearnerLost
+        self.weights = weights
+        self.watch.weights_version = (self.watch.weights_version or 0) + 1
+        for i, worker in enumerate(self.rollout):
+            try:
+                ray.get(worker.load_weights.remote(weights, self.watch.weights_version), timeout=timeout)
+            except ray.exceptions.GetTimeoutError:
+                self.watch.timed_out(worker, f"rollout worker {i}", "weight sync")
+                self.revive(worker, "weight sync")  # loads the weights once it is back
+            except WORKER_LOST as e:
+                self.watch.restarted(worker, f"rollout worker {i}", "weight sync", e)
+
+    def _check_learner(self) -> None:
+        """Ray restarts a learner killed while it idles without anyone noticing; it then holds the initial
+        weights, so the driver compares its incarnation before each update."""
+        if isinstance(self.learner, LearnerGroup):
+            return
+        life = learner_get(self.learner.incarnation.remote(), self.learner, "learner check", self.cfg.train.worker_timeout_s)
+        if self.learner_life is not None and life != self.learner_life:
+            raise LearnerLost("the rollout phase", "was restarted (killed while idle)")
+        self.learner_life = life
+
+    def revive(self, actor, phase: str) -> None:
+        """A worker Ray restarted: wait until it serves; a rollout worker then gets the current weights."""
+        rollout = [i for i, w in enumerate(self.rollout) if w is actor]
+        name = f"rollout worker {rollout[0]}" if rollout else "a reward worker"
+        wait_until_serving(actor, name, self.cfg.train.worker_timeout_s)
+        if rollout and self.weights is not None:
+            ray.get(actor.load_weights.remote(self.weights, self.watch.weights_version),
+                    timeout=self.cfg.train.worker_timeout_s)
 
     def evaluate(self) -> dict[str, float]:
         """Held-out accuracy of the current policy (greedy unless rollout.eval_temperature > 0)."""
@@ -95,52 +155,77 @@ class Trainer:
             n=1, temperature=r.eval_temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens, stop=r.stop,
             seed=self.cfg.train.seed,
         )
-        rewards, _ = self.score(self.task.eval_rows, self.generate(self.eval_prompt_ids, params, stream=True))
+        rewards, scores = self.score(self.task.eval_rows, self.generate(self.eval_prompt_ids, params, stream=True))
         threshold = self.cfg.train.eval_accuracy_threshold
-        return {"eval/accuracy": float((rewards >= threshold).float().mean()), "eval/reward": float(rewards.mean())}
+        out = {"eval/accuracy": float((rewards >= threshold).float().mean()), "eval/reward": float(rewards.mean())}
+        for spec in self.cfg.reward.functions:  # each function's mean too (e.g. math_format@0: answers stated)
+            if f"reward/{spec.name}" in scores:
+                out[f"eval/reward/{spec.name}"] = scores[f"reward/{spec.name}"]
+        return out
+
+    def draw(self, step: int, version: int) -> Draw:
+        """Step `step`'s rollout and reward (TPO, overlong, group filtering) with the policy after `version` steps."""
+        self.engine_stats.clear()  # the evaluation's generate calls are not this draw's
+        groups, metrics = self.sampler.draw(step)
+        for group in groups.completions:
+            for c in group:
+                c["policy_version"] = version
+        engine: dict[str, float] = {}
+        for stats in self.engine_stats:
+            engine = merge_engine_stats(engine, stats)
+        metrics.update({f"rollout/{k}": v for k, v in engine.items()})
+        return Draw(step, version, groups, metrics, dict(self.sampler.timings), dict(self.sampler.generated), engine)
 
     def train_step(self, step: int) -> dict[str, float]:
         cfg, r = self.cfg, self.cfg.rollout
         t0 = time.perf_counter()
-        self.sampler.load_state_dict(self.state.get("sampler", {}))  # TPO arm statistics survive a resume
-        self.engine_stats.clear()  # the evaluation's generate calls are not this step's
-        groups, metrics = self.sampler.draw(step)  # rollout and reward; TPO, overlong, group filtering
+        if self.rollouts is None:
+            drawn = self.draw(step, step - 1)
+        else:  # async: submit the draws up to step + max_staleness, then take this step's (drawn earlier)
+            self.rollouts.fill(step, self.learner.state_dict.remote, step - 1)
+            drawn = self.rollouts.take(step)
+        groups, metrics = drawn.groups, drawn.metrics
+        self.updating = True  # from here on the step changes the learner and the state
         t2 = time.perf_counter()
-        engine = {}
-        for stats in self.engine_stats:
-            engine = merge_engine_stats(engine, stats)
-        metrics.update({f"rollout/{k}": v for k, v in engine.items()})
-        self.state["rollout"] = merge_engine_stats(self.state.get("rollout", {}), engine)
+        self.state["rollout"] = merge_engine_stats(self.state.get("rollout", {}), drawn.engine)
         if len(groups):
+            self._check_learner()
+            timeout = cfg.train.worker_timeout_s
             batch, batch_metrics = build_step_batch(  # advantages, once (after a KL reward penalty)
                 groups, cfg.algo, r.max_new_tokens, self.tokenizer.pad_token_id,
-                reference=lambda b: ray.get(self.learner.reference_logprobs.remote(b)),
+                reference=lambda b: learner_get(self.learner.reference_logprobs.remote(b), self.learner,
+                                                "reference log-probs", timeout),
             )
             metrics.update(batch_metrics)
             correct = groups.rewards >= cfg.train.eval_accuracy_threshold  # lengths and weights of right/wrong
             lengths = batch.response_mask.sum(dim=1).view_as(correct)
             metrics.update(weight_statistics(batch.weights, batch.advantages, lengths, correct))
-            metrics.update(ray.get(self.learner.train_step.remote(batch)))
+            metrics.update(learner_get(self.learner.train_step.remote(batch), self.learner, "learner step", timeout))
             t3 = time.perf_counter()
-            self.sync_weights()
+            if self.rollouts is None:  # async: the next draw loads the weights itself
+                self.sync_weights()
         else:  # group filtering found no group with unequal rewards: nothing to learn from this step
             metrics["shaping/skipped_step"] = 1.0
             t3 = time.perf_counter()
         t4 = time.perf_counter()
 
-        self.state["samples"] += self.sampler.generated["samples"]
-        self.state["tokens"] += self.sampler.generated["tokens"]
-        self.state["samples_scored"] = self.state.get("samples_scored", 0) + self.sampler.generated["scored"]
-        self.state["sampler"] = self.sampler.state_dict()
-        rollout_s = self.sampler.timings["rollout"]
+        self.state["samples"] += drawn.generated["samples"]
+        self.state["tokens"] += drawn.generated["tokens"]
+        self.state["samples_scored"] = self.state.get("samples_scored", 0) + drawn.generated["scored"]
+        if self.rollouts is None:  # async: saved with the draws in flight (see save)
+            self.state["sampler"] = self.sampler.state_dict()
+        else:
+            metrics.update(drawn.staleness(step - 1))
+            metrics["time/rollout_wait_s"] = t2 - t0  # what the overlap did not hide
+        rollout_s = drawn.timings["rollout"]
         metrics.update({
             "step": step,
             "samples": self.state["samples"],  # generated so far, TPO's extra and group filtering's refills included
             "samples_scored": self.state["samples_scored"],  # of which scored by the target reward
             # rollout_s includes the target reward streamed during decoding; reward_s is reward time outside it
-            "time/rollout_s": rollout_s, "time/reward_s": self.sampler.timings["reward"],
+            "time/rollout_s": rollout_s, "time/reward_s": drawn.timings["reward"],
             "time/learner_step_s": t3 - t2, "time/sync_s": t4 - t3, "time/step_s": t4 - t0,
-            "throughput/rollout_tokens_per_s": self.sampler.generated["tokens"] / max(rollout_s, 1e-9),
+            "throughput/rollout_tokens_per_s": drawn.generated["tokens"] / max(rollout_s, 1e-9),
         })
         return metrics
 
@@ -148,50 +233,157 @@ class Trainer:
 
     def save(self, step: int) -> Path:
         tmp = ckpt.staging_dir(self.run_dir, step)
-        ray.get(self.learner.save.remote(str(tmp)))
+        learner_get(self.learner.save.remote(str(tmp)), self.learner, "checkpoint save", self.cfg.train.worker_timeout_s)
         self.tokenizer.save_pretrained(tmp)
+        if self.rollouts is not None:  # async: the draws in flight were made by older weights; keep them
+            torch.save(self.rollouts.wait(), tmp / IN_FLIGHT)
+            self.state["sampler"] = self.sampler.state_dict()
+        # the rollout workers' length predictors as they were when step `step` ended (None for a worker that
+        # died since: its restart began a new one)
+        torch.save([self._get_or_none(ref) for ref in self.predictors or [w.length_predictor.remote() for w in self.rollout]],
+                   tmp / "length_predictors.pt")
+        self.saved_step = step
         return ckpt.commit_checkpoint(self.run_dir, step, tmp, self.state, self.cfg.train.keep_checkpoints)
 
+    def _get_or_none(self, ref):
+        try:
+            return ray.get(ref, timeout=self.cfg.train.worker_timeout_s)
+        except (*WORKER_LOST, ray.exceptions.GetTimeoutError):
+            return None
+
+    def save_finished_steps(self) -> Path | None:
+        """On Ctrl-C: a checkpoint of the steps finished since the last one; None when an update was in flight
+        (the learner's weights are then ahead of the finished steps) or nothing is new."""
+        if self.updating or self.state["step"] == self.saved_step:
+            return None
+        return self.save(self.state["step"])
+
     def restore(self, path: Path) -> None:
-        ray.get(self.learner.load.remote(str(path)))
+        learner_get(self.learner.load.remote(str(path)), self.learner, "checkpoint load", self.cfg.train.worker_timeout_s)
         self.state = json.loads((path / "trainer_state.json").read_text())
+        self.saved_step = self.state["step"]
+        self.sampler.load_state_dict(self.state.get("sampler", {}))  # TPO arm statistics survive a resume
+        self._in_flight = torch.load(path / IN_FLIGHT, weights_only=False) if (path / IN_FLIGHT).is_file() else []
+        self.learner_life = None if isinstance(self.learner, LearnerGroup) else learner_get(
+            self.learner.incarnation.remote(), self.learner, "checkpoint load", self.cfg.train.worker_timeout_s)
+        predictors = path / "length_predictors.pt"
+        if predictors.is_file():
+            states = torch.load(predictors, weights_only=False)
+            if len(states) == len(self.rollout):
+                ray.get([w.load_length_predictor.remote(p) for w, p in zip(self.rollout, states)])
         self.sync_weights()
+        if self.rollouts is not None:  # a rollback in async mode: the queue starts again from the checkpoint
+            self._start_rollouts()
+
+    def _start_rollouts(self) -> None:
+        """Async mode: a fresh queue of draws ahead, holding the draws a restored checkpoint had in flight."""
+        if self.rollouts is not None:
+            self.rollouts.close(wait=True)  # no two threads may talk to the rollout workers at once
+        self.rollouts = RolloutQueue(self.draw, self.sync_weights, self.cfg.train.max_staleness, self.cfg.train.steps)
+        self.rollouts.restore(self._in_flight)
 
     # --- the loop -----------------------------------------------------------------------------
 
     def run(self) -> dict:
         cfg = self.cfg
         metrics_path = self.run_dir / "metrics.jsonl"
-        start = self.state["step"]
-        _truncate_metrics(metrics_path, start)
+        _truncate_metrics(metrics_path, self.state["step"])
+        if cfg.train.mode == "async":
+            self._start_rollouts()
         if not self.state["evals"]:
             self._record_eval(0, metrics_path)
-        bar = tqdm(total=cfg.train.steps, initial=start, desc="rlft", unit="step", disable=not cfg.train.progress,
-                   dynamic_ncols=True)
+        bar = tqdm(total=cfg.train.steps, initial=self.state["step"], desc="rlft", unit="step",
+                   disable=not cfg.train.progress, dynamic_ncols=True)
         try:
-            for step in range(start + 1, cfg.train.steps + 1):
-                t0 = time.perf_counter()
-                metrics = self.train_step(step)
-                self.state["step"] = step
-                self.state["train_seconds"] += time.perf_counter() - t0
-                self._check_reward_failures(step, metrics)
-                last = step == cfg.train.steps
-                if (cfg.train.eval_every and step % cfg.train.eval_every == 0) or last:
-                    metrics.update(self._eval_now(step))
-                self._record(metrics_path, metrics)
-                self._check_nonfinite(step, metrics)
-                if (cfg.train.save_every and step % cfg.train.save_every == 0) or last:
-                    self.save(step)
-                bar.update(1)
-                bar.set_postfix(
-                    reward=f"{metrics['reward/mean']:.3f}", acc=f"{self.state['evals'][-1]['eval/accuracy']:.3f}",
-                    tok_s=f"{metrics['throughput/rollout_tokens_per_s']:.0f}", refresh=False,
-                )
+            self.time_up = False
+            while self.state["step"] < cfg.train.steps and not self.time_up:
+                try:
+                    self._run_steps(metrics_path, bar)
+                except LearnerLost as lost:
+                    while lost is not None:  # the rollback itself talks to the learner, which may fail again
+                        try:
+                            self._roll_back(lost, metrics_path)
+                            lost = None
+                        except LearnerLost as again:
+                            lost = again
+                    bar.n = self.state["step"]
         finally:
             bar.close()
+            if self.rollouts is not None:
+                self.rollouts.close()
         return self.summary()
 
+    def _run_steps(self, metrics_path: Path, bar: tqdm) -> None:
+        cfg = self.cfg
+        for step in range(self.state["step"] + 1, cfg.train.steps + 1):
+            t0 = time.perf_counter()
+            metrics = self.train_step(step)
+            self.state["step"] = step
+            self.predictors = [w.length_predictor.remote() for w in self.rollout]
+            self.state["train_seconds"] += time.perf_counter() - t0
+            metrics.update(self._fault_metrics())
+            self._check_reward_failures(step, metrics)
+            # train.max_minutes: this step ends the run (final evaluation and checkpoint as at train.steps)
+            limit = cfg.train.max_minutes
+            self.time_up = limit is not None and time.perf_counter() - self.started >= 60 * limit
+            last = step == cfg.train.steps or self.time_up
+            if (cfg.train.eval_every and step % cfg.train.eval_every == 0) or last:
+                metrics.update(self._eval_now(step))
+            self._record(metrics_path, metrics)
+            self.updating = False  # step `step` is finished: state, weights and its metrics record agree
+            self._check_nonfinite(step, metrics)
+            if (cfg.train.save_every and step % cfg.train.save_every == 0) or last:
+                self.save(step)
+            bar.update(1)
+            bar.set_postfix(
+                reward=f"{metrics['reward/mean']:.3f}", acc=f"{self.state['evals'][-1]['eval/accuracy']:.3f}",
+                tok_s=f"{metrics['throughput/rollout_tokens_per_s']:.0f}", refresh=False,
+            )
+            if last:
+                return
+
+    def _fault_metrics(self) -> dict[str, float]:
+        """Restarts and timeouts since the previous step (metrics); their totals go to the state (summary)."""
+        now = {"worker_restarts": self.watch.counts["restarts"], "worker_timeouts": self.watch.counts["timeouts"],
+               "learner_restarts": self.learner_restarts}
+        totals = self.state.setdefault("faults", {})
+        out = {}
+        for k, v in now.items():
+            out[f"faults/{k}"] = float(v - self.counted.get(k, 0))
+            totals[k] = totals.get(k, 0) + v - self.counted.get(k, 0)
+        self.counted = now
+        return out
+
+    def _roll_back(self, lost: LearnerLost, metrics_path: Path) -> None:
+        """The learner died or hung: Ray restarts it; it resumes from the last checkpoint (or from the start)."""
+        limit = self.cfg.train.max_restarts
+        if isinstance(self.learner, LearnerGroup) or self.learner_restarts >= limit:
+            raise UserError(f"{lost}; stopping after {self.learner_restarts} learner restarts (train.max_restarts="
+                            f"{limit}). Resume with --resume {self.run_dir} (from its last checkpoint)") from None
+        self.learner_restarts += 1
+        log.warning("%s; restarting it from the last checkpoint (restart %d of %d)", lost, self.learner_restarts, limit)
+        wait_until_serving(self.learner, "the learner", self.cfg.train.worker_timeout_s)
+        faults = self.state.get("faults", {})
+        latest = ckpt.latest_checkpoint(self.run_dir)
+        if latest is not None:
+            self.restore(latest)
+        else:  # no checkpoint yet: the restarted learner holds the initial weights; so must the rollout workers
+            self.state = {**self._initial_state(), "evals": self.state["evals"][:1]}
+            self.saved_step = 0
+            self.sync_weights()
+            if self.rollouts is not None:
+                self._in_flight = []
+                self._start_rollouts()
+        self.state["faults"] = faults
+        self.learner_life = None  # the restarted learner holds the restored state: trust its incarnation
+        self._check_learner()
+        self.updating = False
+        _truncate_metrics(metrics_path, self.state["step"])
+
     def _eval_now(self, step: int) -> dict:
+        if self.rollouts is not None:  # async: let the draws in flight finish, then evaluate this step's weights
+            self.rollouts.wait()
+            self.sync_weights()
         result = self.evaluate()
         self.state["evals"].append({"step": step, **result})
         return result
@@ -228,7 +420,8 @@ class Trainer:
 
     def summary(self) -> dict:
         evals = self.state["evals"]
-        peaks = ray.get([a.peak_memory_bytes.remote() for a in [self.learner, *self.rollout, *self.rewarders]])
+        actors = [self.learner, *self.rollout, *self.rewarders]
+        peaks = [self._get_or_none(a.peak_memory_bytes.remote()) or 0 for a in actors]
         return {
             "run_dir": str(self.run_dir),
             "steps": self.state["step"],
@@ -242,6 +435,9 @@ class Trainer:
             "best_step": max(evals, key=lambda e: e["eval/accuracy"])["step"],
             # engine statistics over the run's training rollouts, merged as in rlft.rollout.types.ENGINE_STATS
             **{f"rollout/{k}": round(v, 4) for k, v in self.state.get("rollout", {}).items()},
+            # worker restarts, timeouts and learner restarts over the run (docs/methods.md#faults)
+            "faults": dict(self.state.get("faults", {})),
+            "nonfinite_steps": self.state.get("nonfinite_steps", 0),
             "peak_memory_mb": {
                 "learner": round(peaks[0] / 2**20),
                 "rollout": round(max(peaks[1 : 1 + len(self.rollout)]) / 2**20),
@@ -260,10 +456,18 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
     """Drop records past `last_step` (written after the checkpoint a resumed run starts from)."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
+    kept = [line for line in path.read_text().splitlines() if _record_step(line) <= last_step]
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     os.replace(tmp, path)
+
+
+def _record_step(line: str) -> float:
+    """The step of a metrics record; infinity for a line a killed run left half-written (dropped)."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
 
 
 def make_run_dir(cfg: RLConfig) -> Path:
@@ -287,10 +491,17 @@ def train(cfg: RLConfig, resume_dir: Path | None = None) -> dict:
         if resume_dir is not None and (latest := ckpt.latest_checkpoint(run_dir)) is not None:
             trainer.restore(latest)
             log.warning("resuming %s from step %d", run_dir, trainer.state["step"])
-        summary = trainer.run()
+        try:
+            summary = trainer.run()
+        except KeyboardInterrupt:
+            raise RunInterrupted(run_dir, trainer.state["step"], trainer.save_finished_steps()) from None
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         plot_curves(run_dir)
         return summary
+    except BaseException:
+        if resume_dir is None and not (run_dir / "metrics.jsonl").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)  # a run that never started leaves no folder behind
+        raise
     finally:
         if trainer is not None:
             trainer.trackers.close()

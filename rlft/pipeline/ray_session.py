@@ -29,6 +29,7 @@ log = logging.getLogger("rlft")
 # services.get_node_ip_address). Left on, they listen on every interface.
 LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 CONNECT_TIMEOUT_S = 5.0
+START_ATTEMPTS = 3  # Ray gives its processes a fixed 30 s to start (ray/_private/node.py)
 
 _private_dir: str | None = None
 
@@ -55,11 +56,19 @@ def ray_session(cfg: RLConfig) -> bool:
         env["DS_ACCELERATOR"] = os.environ.get("DS_ACCELERATOR", "cpu")
     global _private_dir
     _private_dir = tempfile.mkdtemp(prefix="rlft-ray-")  # short: Ray's socket paths live under it
-    with _loopback_only():
-        # address="local" starts a new instance whatever RAY_ADDRESS or ray_current_cluster say
-        ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, _temp_dir=_private_dir,
-                 **kwargs)
-    return True
+    for attempt in range(1, START_ATTEMPTS + 1):
+        with _loopback_only():
+            # address="local" starts a new instance whatever RAY_ADDRESS or ray_current_cluster say
+            try:
+                ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False,
+                         _temp_dir=_private_dir, **kwargs)
+                return True
+            except Exception as e:  # Ray raises a bare Exception when its processes do not start in time
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                ray.shutdown()  # stops what did start
+                log.warning("the local Ray did not start (attempt %d of %d): %s", attempt, START_ATTEMPTS, first)
+    raise UserError(f"the local Ray did not start in {START_ATTEMPTS} attempts ({first}); Ray waits 30 s for its "
+                    f"processes, which a very busy machine can miss; see its logs under {_private_dir}")
 
 
 def close_ray(started: bool) -> None:

@@ -34,6 +34,17 @@ def math_answer(prompt: str, completion: str, **fields) -> float:
 math_answer.preload = "rlft.reward.math_verifier"
 
 
+@register_reward("math_format")
+def math_format(prompt: str, completion: str, **fields) -> float:
+    """1.0 when the completion states a final answer `math` can read (right or wrong); weight 0 to only log it."""
+    from rlft.reward.math_verifier import extract_answer
+
+    return float(extract_answer(completion) is not None)
+
+
+math_format.preload = "rlft.reward.math_verifier"
+
+
 @register_reward("code")
 def code_tests(prompt: str, completion: str, **fields) -> float:
     """1.0 when the completion passes the row's unit tests (`test` + `entry_point`, or `tests`) in the sandbox."""

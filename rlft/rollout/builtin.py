@@ -366,7 +366,8 @@ class BuiltinEngine:
         ]
 
     def _hit_stop(self, tokens: list[int], stop: list[str]) -> bool:
-        tail = self.tokenizer.decode(tokens[-max(8, max(map(len, stop)) + 2):], skip_special_tokens=True)
+        # special tokens kept: a stop string may be one (`<|im_end|>` of chat models)
+        tail = self.tokenizer.decode(tokens[-max(8, max(map(len, stop)) + 2):], skip_special_tokens=False)
         return any(s in tail for s in stop)
 
 

@@ -104,8 +104,9 @@ class VLLMEngine:
     def __init__(self, model_cfg, rollout_cfg, llm=None):
         if llm is None:
             check_vllm_available()
-            # the rollout worker is its own process already: vLLM's engine in it keeps weights passed by reference
-            # and its scheduler's counters readable (VLLM_ENABLE_V1_MULTIPROCESSING=1 still works, without KV stats)
+            # the rollout worker is its own process already: vLLM's engine in it takes weights by reference and
+            # keeps its scheduler's counters readable (VLLM_ENABLE_V1_MULTIPROCESSING=1 works too: weights travel
+            # serialised, and the KV statistics are missing)
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
             try:
                 register_inline_backend()
@@ -124,6 +125,8 @@ class VLLMEngine:
             self.cpu = True
         self.llm = llm
         self.rollout_cfg = rollout_cfg
+        # vLLM's engine in this process (InprocClient) or in its own (weights then travel serialised)
+        self.in_process = type(getattr(llm.llm_engine, "engine_core", None)).__name__ != "SyncMPClient"
         self.predictor = LengthPredictor()
         self.changes = ChangeTracker()
         self.counters: dict[str, float] = {}
@@ -142,6 +145,8 @@ class VLLMEngine:
         prefix cache is dropped after (it holds KV computed with the old weights)."""
         import time
 
+        from safetensors.torch import save
+
         t0 = time.perf_counter()
         changed = self.changes.changed(vllm_weights(state))
         t1 = time.perf_counter()
@@ -149,7 +154,11 @@ class VLLMEngine:
             self.llm.start_weight_update()
             for bucket in weight_buckets(changed):
                 names, tensors = zip(*bucket)
-                self.llm.update_weights({"update_info": {"names": list(names), "tensors": list(tensors)}})
+                if self.in_process:
+                    info = {"names": list(names), "tensors": list(tensors)}
+                else:  # serialised for vLLM's engine process (tied tensors share storage: copies)
+                    info = {"names": list(names), "safetensors": save({n: t.detach().clone() for n, t in bucket})}
+                self.llm.update_weights({"update_info": info})
             self.llm.finish_weight_update()
         self.llm.reset_prefix_cache()
         self.sync_stats = {"bytes": float(sum(t.numel() * t.element_size() for _, t in changed)),

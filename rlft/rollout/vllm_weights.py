@@ -5,14 +5,14 @@ vLLM 0.32 updates weights in place through its RL weight-transfer API (`start_we
 `update_weights` per bucket, `finish_weight_update`; vllm/entrypoints/rl/). A backend receives each
 bucket and loads it with vLLM's layerwise reload, which rebuilds each layer from checkpoint-format
 tensors and copies the processed result into the live storage. vLLM ships NCCL and CUDA-IPC backends;
-"rlft_inline" (below) hands the tensors over by reference, so one process (the rollout worker, with
-vLLM in-process) or vLLM's engine process (tensors pickled by collective_rpc) loads them on CPU or GPU.
+"rlft_inline" (rlft.rollout.vllm_inline_backend) hands the tensors over by reference, so one process (the
+rollout worker, with vLLM in-process) or vLLM's engine process (tensors serialised by collective_rpc) loads
+them on CPU or GPU.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -80,57 +80,11 @@ class ChangeTracker:
 
 
 def register_inline_backend() -> None:
-    """Register the "rlft_inline" weight-transfer backend with vLLM (once per process; vLLM's engine
-    process finds it through rlft's `vllm.general_plugins` entry point)."""
-    from vllm.distributed.weight_transfer.base import (WeightTransferEngine, WeightTransferInitInfo,
-                                                       WeightTransferUpdateInfo)
+    """Register the "rlft_inline" weight-transfer backend with vLLM, lazily (its module loads when vLLM creates
+    the engine). Called by the rollout engine and, as rlft's `vllm.general_plugins` entry point, in every
+    process vLLM starts; so it imports nothing of vLLM beyond the factory and may run many times."""
     from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
-    from vllm.model_executor.model_loader.reload import finalize_layerwise_reload, initialize_layerwise_reload
 
-    if INLINE_BACKEND in WeightTransferEngineFactory._registry:
-        return
-
-    @dataclass
-    class InlineInitInfo(WeightTransferInitInfo):
-        pass
-
-    @dataclass
-    class InlineUpdateInfo(WeightTransferUpdateInfo):
-        names: list[str]
-        tensors: list[torch.Tensor]
-
-    class InlineWeightTransferEngine(WeightTransferEngine[InlineInitInfo, InlineUpdateInfo]):
-        """Checkpoint-format tensors handed over as they are; layerwise reload around each update."""
-
-        init_info_cls, update_info_cls = InlineInitInfo, InlineUpdateInfo
-
-        def init_transfer_engine(self, init_info: InlineInitInfo) -> None:
-            pass  # nothing to connect: the tensors come with each update
-
-        def start_weight_update(self) -> None:
-            initialize_layerwise_reload(self.model)
-
-        def receive_weights(self, update_info: InlineUpdateInfo) -> None:
-            self.model.load_weights(list(zip(update_info.names, update_info.tensors)))
-
-        def update_weights(self, update_info: dict) -> None:
-            # the base class synchronizes an accelerator; CPU tensors are loaded synchronously
-            self.receive_weights(self.parse_update_info(update_info))
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-
-        def finish_weight_update(self) -> None:
-            # layers that received nothing (unchanged) get their old tensors back, each with a vLLM warning
-            reload_log = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
-            level = reload_log.level
-            reload_log.setLevel(logging.ERROR)
-            try:
-                finalize_layerwise_reload(self.model, self.model_config)
-            finally:
-                reload_log.setLevel(level)
-
-        def shutdown(self) -> None:
-            pass
-
-    WeightTransferEngineFactory.register_engine(INLINE_BACKEND, InlineWeightTransferEngine)
-
+    if INLINE_BACKEND not in WeightTransferEngineFactory._registry:
+        WeightTransferEngineFactory.register_engine(INLINE_BACKEND, "rlft.rollout.vllm_inline_backend",
+                                                    "InlineWeightTransferEngine")
