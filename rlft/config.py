@@ -351,6 +351,17 @@ class TrainConfig(Section):
     eval_accuracy_threshold: float = Field(
         1.0, description="a sample counts as correct (accuracy) when its reward reaches this value"
     )
+    mode: Literal["sync", "async"] = Field(
+        "sync",
+        description="'sync': each step's rollout uses the newest weights; 'async': the rollouts of the next "
+        "max_staleness steps are drawn while the learner trains (off-policy, corrected by algo.tis_cap; on a CPU "
+        "the rollout and learner actors then split the cores)",
+    )
+    max_staleness: int = Field(
+        1, ge=0,
+        description="async: learner updates at most between the policy that drew a batch and the one that trains "
+        "on it (1: one-step off-policy; 0: the same run as sync)",
+    )
     worker_timeout_s: float | None = Field(
         1800.0, gt=0, description="longest wait for any worker reply (a group, a reward chunk, a learner step, "
                                   "weights); a worker past it is reported by name and phase and restarted (null: wait forever)",
@@ -386,7 +397,9 @@ class RayConfig(Section):
     address: str | None = Field(None, description="join this Ray cluster (host:port of its GCS, or 'auto'); default: "
                                 "start a private local Ray that listens on loopback only")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray instance (default: all)")
-    torch_threads: int | None = Field(None, ge=1, description="torch threads per actor (default: all cores)")
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch threads per actor (default: all cores; half of them with train.mode=async)"
+    )
 
 
 class RLConfig(Section):
@@ -514,6 +527,7 @@ def build_config(tree: dict) -> RLConfig:
     check_names(cfg)
     check_learner(cfg)
     check_rollout(cfg)
+    check_async(cfg)
     return cfg
 
 
@@ -545,6 +559,16 @@ def check_rollout(cfg: RLConfig) -> None:
             f"rollout.kv_budget_tokens is a setting of the built-in engine's Infinite-Sampling scheduler, but "
             f"rollout.engine={r.engine} and rollout.scheduling={r.scheduling}: set rollout.engine=builtin and "
             "rollout.scheduling=infinite, or drop kv_budget_tokens (vLLM sizes its KV pool from gpu_memory_utilization)"
+        )
+
+
+def check_async(cfg: RLConfig) -> None:
+    """Off-policy samples need the behaviour-policy correction (docs/methods.md#asynchronous-training)."""
+    t = cfg.train
+    if t.mode == "async" and t.max_staleness > 0 and cfg.algo.tis_cap is None:
+        raise ConfigError(
+            f"train.mode=async with train.max_staleness={t.max_staleness} trains on samples drawn by an older policy "
+            "and needs their importance correction: set algo.tis_cap (2.0 is common), or train.max_staleness=0"
         )
 
 
@@ -593,9 +617,6 @@ def check_neuzip(cfg: RLConfig) -> None:
     from rlft.optim import needs_backward
 
     fix = "or set learner.weight_compression=none"
-    if cfg.learner.logprobs == "fused":
-        raise ConfigError("learner.weight_compression=neuzip does not work with learner.logprobs=fused: the fused "
-                          f"log-prob reads the LM head outside its forward; set learner.logprobs=plain, {fix}")
     if not needs_backward(cfg.optim.name):
         raise ConfigError(f"learner.weight_compression=neuzip does not work with optim.name={cfg.optim.name}: both "
                           f"hand each layer its weights during its forward; use optim.name=adamw, {fix}")

@@ -36,6 +36,8 @@ def micro_batch_loss(
         pg = pg * tis
         stats["tis_weight_mean"] = (tis * per_token).sum().item()
         stats["tis_truncated_frac"] = ((tis >= algo_cfg.tis_cap).float() * per_token).sum().item()
+        # the spread of pi_old / mu: engine mismatch, plus policy drift in async mode
+        stats["tis_abs_log_ratio"] = ((old_logprobs - rollout_logprobs).abs() * per_token).sum().item()
     loss = (pg * weights[:, None] * response_mask).sum()
     stats["pg_loss"] = loss.item()
     if ref_logprobs is not None:

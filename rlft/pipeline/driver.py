@@ -1,4 +1,5 @@
-"""The single controller: rollout -> reward -> learner -> weight sync, one step at a time (on-policy).
+"""The single controller: rollout -> reward -> learner -> weight sync, one step at a time (on-policy), or
+with the next steps' rollouts drawn while the learner trains (`train.mode=async`, see async_rollout.py).
 
 Reads top to bottom: `train()` sets up the run folder and Ray, `Trainer.run()` is the loop.
 """
@@ -24,6 +25,7 @@ from rlft.errors import UserError
 from rlft.models.loading import context_length, load_tokenizer
 from rlft.pipeline import checkpoint as ckpt
 from rlft.pipeline.actors import start_actors
+from rlft.pipeline.async_rollout import Draw, RolloutQueue
 from rlft.pipeline.batch import build_step_batch
 from rlft.pipeline.faults import LearnerLost, learner_get
 from rlft.pipeline.learner_group import LearnerGroup
@@ -36,6 +38,7 @@ from rlft.rollout.streaming import WORKER_LOST, GroupStream, WorkerWatch, score_
 from rlft.rollout.types import SamplingParams, merge_engine_stats
 
 log = logging.getLogger("rlft")
+IN_FLIGHT = "in_flight.pt"  # async mode: the draws a checkpoint held in flight
 
 
 def split_evenly(items: list, parts: int) -> list[list]:
@@ -80,7 +83,9 @@ class Trainer:
         self.watch = WorkerWatch(cfg.train.worker_timeout_s, self.revive)  # docs/methods.md#faults
         self.weights = None  # ref to the weights the rollout workers hold (a restarted one gets them again)
         self.sampler = GroupSampler(cfg, self.task, self._tokenize, self.generate, self.score)
-        self.engine_stats: list[dict[str, float]] = []  # per worker and generate call, since the step began
+        self.engine_stats: list[dict[str, float]] = []  # per worker and generate call, since the draw began
+        self.rollouts: RolloutQueue | None = None  # async mode: the batches drawn ahead (made when the loop starts)
+        self._in_flight: list[Draw] = []  # async mode: draws a restored checkpoint held in flight
         self.trackers = Trackers(cfg.train.loggers, run_dir, cfg.model_dump(mode="json"))
 
     @staticmethod
@@ -106,10 +111,11 @@ class Trainer:
             return score_groups(self.rewarders, rows, groups.groups, (index for index, _ in groups), self.watch)
         return score_groups(self.rewarders, rows, groups, range(len(groups)), self.watch)
 
-    def sync_weights(self) -> None:
-        """Learner -> object store -> every rollout worker (one put, many gets)."""
+    def sync_weights(self, weights=None) -> None:
+        """Learner -> object store -> every rollout worker (one put, many gets); `weights`: a ref to the learner's
+        weights taken earlier (async mode), else the current ones."""
         timeout = self.cfg.train.worker_timeout_s
-        weights = self.learner.state_dict.remote()
+        weights = self.learner.state_dict.remote() if weights is None else weights
         if not ray.wait([weights], timeout=timeout)[0]:
             learner_get(weights, self.learner, "weight sync", 0)  # past its deadline: raises LearnerLost
         self.weights = weights
@@ -157,19 +163,31 @@ class Trainer:
                 out[f"eval/reward/{spec.name}"] = scores[f"reward/{spec.name}"]
         return out
 
-    def train_step(self, step: int) -> dict[str, float]:
-        cfg, r = self.cfg, self.cfg.rollout
-        t0 = time.perf_counter()
-        self.sampler.load_state_dict(self.state.get("sampler", {}))  # TPO arm statistics survive a resume
-        self.engine_stats.clear()  # the evaluation's generate calls are not this step's
-        groups, metrics = self.sampler.draw(step)  # rollout and reward; TPO, overlong, group filtering
-        self.updating = True  # from here on the step changes the learner and the state
-        t2 = time.perf_counter()
-        engine = {}
+    def draw(self, step: int, version: int) -> Draw:
+        """Step `step`'s rollout and reward (TPO, overlong, group filtering) with the policy after `version` steps."""
+        self.engine_stats.clear()  # the evaluation's generate calls are not this draw's
+        groups, metrics = self.sampler.draw(step)
+        for group in groups.completions:
+            for c in group:
+                c["policy_version"] = version
+        engine: dict[str, float] = {}
         for stats in self.engine_stats:
             engine = merge_engine_stats(engine, stats)
         metrics.update({f"rollout/{k}": v for k, v in engine.items()})
-        self.state["rollout"] = merge_engine_stats(self.state.get("rollout", {}), engine)
+        return Draw(step, version, groups, metrics, dict(self.sampler.timings), dict(self.sampler.generated), engine)
+
+    def train_step(self, step: int) -> dict[str, float]:
+        cfg, r = self.cfg, self.cfg.rollout
+        t0 = time.perf_counter()
+        if self.rollouts is None:
+            drawn = self.draw(step, step - 1)
+        else:  # async: submit the draws up to step + max_staleness, then take this step's (drawn earlier)
+            self.rollouts.fill(step, self.learner.state_dict.remote, step - 1)
+            drawn = self.rollouts.take(step)
+        groups, metrics = drawn.groups, drawn.metrics
+        self.updating = True  # from here on the step changes the learner and the state
+        t2 = time.perf_counter()
+        self.state["rollout"] = merge_engine_stats(self.state.get("rollout", {}), drawn.engine)
         if len(groups):
             self._check_learner()
             timeout = cfg.train.worker_timeout_s
@@ -184,25 +202,30 @@ class Trainer:
             metrics.update(weight_statistics(batch.weights, batch.advantages, lengths, correct))
             metrics.update(learner_get(self.learner.train_step.remote(batch), self.learner, "learner step", timeout))
             t3 = time.perf_counter()
-            self.sync_weights()
+            if self.rollouts is None:  # async: the next draw loads the weights itself
+                self.sync_weights()
         else:  # group filtering found no group with unequal rewards: nothing to learn from this step
             metrics["shaping/skipped_step"] = 1.0
             t3 = time.perf_counter()
         t4 = time.perf_counter()
 
-        self.state["samples"] += self.sampler.generated["samples"]
-        self.state["tokens"] += self.sampler.generated["tokens"]
-        self.state["samples_scored"] = self.state.get("samples_scored", 0) + self.sampler.generated["scored"]
-        self.state["sampler"] = self.sampler.state_dict()
-        rollout_s = self.sampler.timings["rollout"]
+        self.state["samples"] += drawn.generated["samples"]
+        self.state["tokens"] += drawn.generated["tokens"]
+        self.state["samples_scored"] = self.state.get("samples_scored", 0) + drawn.generated["scored"]
+        if self.rollouts is None:  # async: saved with the draws in flight (see save)
+            self.state["sampler"] = self.sampler.state_dict()
+        else:
+            metrics.update(drawn.staleness(step - 1))
+            metrics["time/rollout_wait_s"] = t2 - t0  # what the overlap did not hide
+        rollout_s = drawn.timings["rollout"]
         metrics.update({
             "step": step,
             "samples": self.state["samples"],  # generated so far, TPO's extra and group filtering's refills included
             "samples_scored": self.state["samples_scored"],  # of which scored by the target reward
             # rollout_s includes the target reward streamed during decoding; reward_s is reward time outside it
-            "time/rollout_s": rollout_s, "time/reward_s": self.sampler.timings["reward"],
+            "time/rollout_s": rollout_s, "time/reward_s": drawn.timings["reward"],
             "time/learner_step_s": t3 - t2, "time/sync_s": t4 - t3, "time/step_s": t4 - t0,
-            "throughput/rollout_tokens_per_s": self.sampler.generated["tokens"] / max(rollout_s, 1e-9),
+            "throughput/rollout_tokens_per_s": drawn.generated["tokens"] / max(rollout_s, 1e-9),
         })
         return metrics
 
@@ -212,6 +235,9 @@ class Trainer:
         tmp = ckpt.staging_dir(self.run_dir, step)
         learner_get(self.learner.save.remote(str(tmp)), self.learner, "checkpoint save", self.cfg.train.worker_timeout_s)
         self.tokenizer.save_pretrained(tmp)
+        if self.rollouts is not None:  # async: the draws in flight were made by older weights; keep them
+            torch.save(self.rollouts.wait(), tmp / IN_FLIGHT)
+            self.state["sampler"] = self.sampler.state_dict()
         # the rollout workers' length predictors as they were when step `step` ended (None for a worker that
         # died since: its restart began a new one)
         torch.save([self._get_or_none(ref) for ref in self.predictors or [w.length_predictor.remote() for w in self.rollout]],
@@ -236,6 +262,8 @@ class Trainer:
         learner_get(self.learner.load.remote(str(path)), self.learner, "checkpoint load", self.cfg.train.worker_timeout_s)
         self.state = json.loads((path / "trainer_state.json").read_text())
         self.saved_step = self.state["step"]
+        self.sampler.load_state_dict(self.state.get("sampler", {}))  # TPO arm statistics survive a resume
+        self._in_flight = torch.load(path / IN_FLIGHT, weights_only=False) if (path / IN_FLIGHT).is_file() else []
         self.learner_life = None if isinstance(self.learner, LearnerGroup) else learner_get(
             self.learner.incarnation.remote(), self.learner, "checkpoint load", self.cfg.train.worker_timeout_s)
         predictors = path / "length_predictors.pt"
@@ -244,6 +272,15 @@ class Trainer:
             if len(states) == len(self.rollout):
                 ray.get([w.load_length_predictor.remote(p) for w, p in zip(self.rollout, states)])
         self.sync_weights()
+        if self.rollouts is not None:  # a rollback in async mode: the queue starts again from the checkpoint
+            self._start_rollouts()
+
+    def _start_rollouts(self) -> None:
+        """Async mode: a fresh queue of draws ahead, holding the draws a restored checkpoint had in flight."""
+        if self.rollouts is not None:
+            self.rollouts.close(wait=True)  # no two threads may talk to the rollout workers at once
+        self.rollouts = RolloutQueue(self.draw, self.sync_weights, self.cfg.train.max_staleness, self.cfg.train.steps)
+        self.rollouts.restore(self._in_flight)
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -251,6 +288,8 @@ class Trainer:
         cfg = self.cfg
         metrics_path = self.run_dir / "metrics.jsonl"
         _truncate_metrics(metrics_path, self.state["step"])
+        if cfg.train.mode == "async":
+            self._start_rollouts()
         if not self.state["evals"]:
             self._record_eval(0, metrics_path)
         bar = tqdm(total=cfg.train.steps, initial=self.state["step"], desc="rlft", unit="step",
@@ -270,6 +309,8 @@ class Trainer:
                     bar.n = self.state["step"]
         finally:
             bar.close()
+            if self.rollouts is not None:
+                self.rollouts.close()
         return self.summary()
 
     def _run_steps(self, metrics_path: Path, bar: tqdm) -> None:
@@ -330,6 +371,9 @@ class Trainer:
             self.state = {**self._initial_state(), "evals": self.state["evals"][:1]}
             self.saved_step = 0
             self.sync_weights()
+            if self.rollouts is not None:
+                self._in_flight = []
+                self._start_rollouts()
         self.state["faults"] = faults
         self.learner_life = None  # the restarted learner holds the restored state: trust its incarnation
         self._check_learner()
@@ -337,6 +381,9 @@ class Trainer:
         _truncate_metrics(metrics_path, self.state["step"])
 
     def _eval_now(self, step: int) -> dict:
+        if self.rollouts is not None:  # async: let the draws in flight finish, then evaluate this step's weights
+            self.rollouts.wait()
+            self.sync_weights()
         result = self.evaluate()
         self.state["evals"].append({"step": step, **result})
         return result
