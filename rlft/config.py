@@ -617,9 +617,6 @@ def check_neuzip(cfg: RLConfig) -> None:
     from rlft.optim import needs_backward
 
     fix = "or set learner.weight_compression=none"
-    if cfg.learner.logprobs == "fused":
-        raise ConfigError("learner.weight_compression=neuzip does not work with learner.logprobs=fused: the fused "
-                          f"log-prob reads the LM head outside its forward; set learner.logprobs=plain, {fix}")
     if not needs_backward(cfg.optim.name):
         raise ConfigError(f"learner.weight_compression=neuzip does not work with optim.name={cfg.optim.name}: both "
                           f"hand each layer its weights during its forward; use optim.name=adamw, {fix}")

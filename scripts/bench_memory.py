@@ -242,6 +242,10 @@ def bench_learner_step(args) -> list[dict]:
     from transformers import Qwen2ForCausalLM
 
     rows = []
+    saved = {}
+    if args.baseline_json:
+        saved = {r["model"]: r for r in json.loads(Path(args.baseline_json).read_text())["sections"]["learner_step"]
+                 if (r["optimizer"], r["lora"]) == LEARNER_CASES[0]}
     with tempfile.TemporaryDirectory() as tmp:
         for model_name, config in model_configs(args).items():
             path = TINY_DIR if model_name == "tiny" else Path(tmp) / model_name
@@ -249,7 +253,13 @@ def bench_learner_step(args) -> list[dict]:
                 torch.manual_seed(0)
                 Qwen2ForCausalLM(config).save_pretrained(path)
             baseline = held_baseline = None
+            if model_name in saved:  # fp32 AdamW's row from an earlier run of this section
+                baseline = saved[model_name]["peak_bytes"]
+                held_baseline = baseline + 4 * saved[model_name]["trainable"]  # fp32 weights, all trainable
+                rows.append({**saved[model_name], "from": args.baseline_json})
             for optimizer, lora in LEARNER_CASES:
+                if (optimizer, lora) == LEARNER_CASES[0] and model_name in saved:
+                    continue
                 if args.learner_cases and f"{optimizer}/{lora}" not in args.learner_cases and (optimizer, lora) != \
                         LEARNER_CASES[0]:
                     continue
@@ -424,6 +434,8 @@ def main() -> None:
     p.add_argument("--learner-groups", type=int, default=2, help="learner_step: prompts per batch (G = 8 each)")
     p.add_argument("--learner-response-tokens", type=int, default=96, help="learner_step: tokens per response")
     p.add_argument("--learner-micro-batch", type=int, default=8, help="learner_step: learner.micro_batch_size")
+    p.add_argument("--baseline-json", help="learner_step: take the fp32 AdamW rows from this memory.json instead of "
+                   "running them (same arguments; peaks do not depend on load, so a busy machine can skip them)")
     p.add_argument("--models", nargs="+", choices=["tiny", "qwen2-100m"], help="only these models (default both)")
     p.add_argument("--learner-cases", nargs="+", metavar="OPTIMIZER/LORA",
                    help="learner_step: only these cases (e.g. zo/none adamw+neuzip/lora) besides the adamw/none baseline")

@@ -1,4 +1,4 @@
-"""Reproduce the aggregation comparison (grpo, grpo-token, grpo-ba) and the TPO transfer experiment.
+"""Reproduce the aggregation comparisons (grpo, grpo-token, grpo-ba; dr-grpo on the scratchpad task) and TPO.
 
     python scripts/reproduce_aggregation.py                       # 3 presets x 3 seeds, default task and config
     python scripts/reproduce_aggregation.py --seeds 0 --steps 20  # a quick check
@@ -14,7 +14,7 @@ OUT/<experiment>.md, .json and .png (the curves).
 
 With `--task scratchpad` (multi-step addition written out, `data.source=scratchpad`) the arms are
 grpo, grpo-token, dr-grpo and grpo-ba at equal samples: grpo-token is token-mean aggregation alone
-(the DAPO preset's dynamic sampling, clip-higher and overlong penalty off), so it differs from grpo
+(the DAPO preset's group filtering, clip-higher and overlong penalty off), so it differs from grpo
 only in how tokens are weighed. The report adds, from every training step's metrics: response
 length of right and wrong answers, the correlation of length with the advantage sign, and the
 gradient weight each scheme puts on long wrong answers (`rlft.algorithms.weight_stats`); and
@@ -39,7 +39,7 @@ from rlft.config import resolve_config  # noqa: E402
 from rlft.pipeline.driver import ray_session, train  # noqa: E402
 
 AGGREGATION_ARMS = {"grpo": [], "grpo-token": [], "grpo-ba": []}
-TOKEN_MEAN_ONLY = ["algo.dynamic_sampling=false", "algo.clip_eps_high=0.2", "algo.overlong=none"]
+TOKEN_MEAN_ONLY = ["algo.filter_groups=false", "algo.clip_eps_high=0.2", "algo.overlong=none"]
 SCRATCHPAD_ARMS = {"grpo": [], "grpo-token": TOKEN_MEAN_ONLY, "dr-grpo": [], "grpo-ba": []}
 STEP_KEYS = ["response/length_right", "response/length_wrong", "weights/length_sign_corr",
              "weights/negative_share", "weights/long_wrong_share", "weights/long_wrong_token_weight",
@@ -264,6 +264,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, help="training steps per run (default: the config's train.steps)")
     p.add_argument("--target-accuracy", type=float,
                    help="transfer: accuracy whose samples-to-reach is reported (default: no-transfer's mean final)")
+    p.add_argument("--no-train", action="store_true",
+                   help="report the finished runs only (a reproduction cut short); the others are listed as missing")
     p.add_argument("--window", type=int, default=10, help="scratchpad: steps averaged for early / late lengths")
     p.add_argument("--out", help="folder of run folders and reports (default: bench/<experiment>)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
@@ -282,8 +284,12 @@ def main() -> None:
     out = Path(args.out or f"bench/{experiment}")
     curves: dict[str, list[list[dict]]] = {}
     steps: dict[str, list[list[dict]]] = {}
+    missing = []
     for seed in args.seeds:  # seeds outermost: a reproduction cut short has every arm on the same seeds
         for arm, (algo, extra) in arms.items():
+            if args.no_train and not (out / "runs" / f"{arm}-s{seed}" / "summary.json").is_file():
+                missing.append(f"{arm}-s{seed}")
+                continue
             run_dir = run_one(out, arm, algo, seed, [*extra, *overrides])
             curves.setdefault(arm, []).append(read_curve(run_dir))
             steps.setdefault(arm, []).append(read_steps(run_dir))
@@ -294,11 +300,14 @@ def main() -> None:
     table = summarise(curves, target)
     command = "python scripts/reproduce_aggregation.py " + " ".join(sys.argv[1:])
     report = f"`{command.strip()}`\n\n" + markdown(table, target)
+    if missing:
+        report += f"\nNot finished, left out: {', '.join(missing)}.\n"
     if scratch:
         report += "\n" + length_report(curves, steps, args.window)
+    out.mkdir(parents=True, exist_ok=True)
     (out / f"{experiment}.md").write_text(report)
     (out / f"{experiment}.json").write_text(json.dumps(
-        {"command": command.strip(), "overrides": overrides, "seeds": args.seeds, "target_accuracy": target,
+        {"command": command.strip(), "overrides": overrides, "seeds": args.seeds, "missing": missing, "target_accuracy": target,
          "table": table, "curves": curves, **({"steps": steps} if scratch else {})}, indent=1))
     x_keys = ["samples_scored", "samples", "step"] if args.transfer else ["step"]
     title = f"{experiment}: held-out accuracy" + (" and response length" if scratch else "") + ", mean ± std over seeds"

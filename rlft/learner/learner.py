@@ -43,7 +43,9 @@ class Learner:
                 self.model.enable_input_require_grads()
         self.model.train()
         self.fused_logprobs = use_fused_logprobs(cfg.learner.logprobs, self.model.config)
-        self.neuzip = NeuZip(self.model) if cfg.learner.weight_compression == "neuzip" else None
+        self.neuzip = None
+        if cfg.learner.weight_compression == "neuzip":  # the fused log-prob reads the LM head outside its forward
+            self.neuzip = NeuZip(self.model, keep=[self.model.get_output_embeddings()] if self.fused_logprobs else [])
         self.train_model = self.model  # what the training forward runs through (DeepSpeed: its engine)
         self.ref_model = None
         if cfg.algo.kl_coef > 0:

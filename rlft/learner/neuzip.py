@@ -109,11 +109,13 @@ def _stand_in(t: torch.Tensor) -> torch.Tensor:
 class NeuZip:
     """Compresses the weights of every nn.Linear and nn.Embedding in `model` and hooks their modules."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, keep: list[nn.Module] = ()):
+        """`keep`: modules whose weight stays uncompressed (read outside their forward), with any tied to it."""
         self.stores: dict[nn.Parameter, CompressedTensor] = {}
         self.handles = []
+        kept = {id(m.weight) for m in keep}
         for module in model.modules():
-            if not isinstance(module, (nn.Linear, nn.Embedding)):
+            if not isinstance(module, (nn.Linear, nn.Embedding)) or id(module.weight) in kept:
                 continue
             p = module.weight
             if p not in self.stores:  # a tied weight (embedding and LM head) is one store

@@ -20,24 +20,24 @@ from rlft.optim.zo2 import ZO2Offload
 @torch.no_grad()
 def zo_update(learner, minibatch: TrainBatch, old: torch.Tensor | None, ref: torch.Tensor | None) -> dict[str, float]:
     """One zeroth-order optimizer step of `learner` on `minibatch`; the loss statistics are means over the 2K evaluations."""
-    cfg, size = learner.cfg, learner.cfg.learner.micro_batch_size
+    cfg = learner.cfg
     # the fused log-prob reads the LM head outside its module's forward: perturb it for the whole evaluation
-    whole = [learner.model.get_output_embeddings()] if cfg.learner.logprobs == "fused" else []
+    whole = [learner.model.get_output_embeddings()] if learner.fused_logprobs else []
     evaluations: list[dict[str, float]] = []  # per evaluation: each statistic summed over micro-batches
     with_entropy = bool(cfg.algo.entropy_coef)
 
     def surrogate(logprobs_of) -> float:
-        """The mini-batch loss; `logprobs_of(part, s)` gives micro-batch part's (logprobs, entropy)."""
+        """The mini-batch loss; `logprobs_of(part, rows)` gives micro-batch part's (logprobs, entropy)."""
         total, summed = 0.0, {}
-        for s in range(0, len(minibatch), size):
-            part = minibatch.select(slice(s, s + size))
+        for rows in learner._micro_batches(minibatch):
+            part = minibatch.select(rows)
             width = part.tokens.shape[1]
-            logprobs, entropy = logprobs_of(part, s)
+            logprobs, entropy = logprobs_of(part, rows)
             loss, stats = micro_batch_loss(
                 logprobs,
-                old[s : s + size, :width] if old is not None else part.rollout_logprobs,
+                old[rows, :width] if old is not None else part.rollout_logprobs,
                 part.response_mask, part.advantages, part.weights, part.token_weights, cfg.algo,
-                ref_logprobs=ref[s : s + size, :width] if ref is not None else None,
+                ref_logprobs=ref[rows, :width] if ref is not None else None,
                 entropy=entropy, rollout_logprobs=part.rollout_logprobs,
             )
             total += loss.item()
@@ -51,7 +51,7 @@ def zo_update(learner, minibatch: TrainBatch, old: torch.Tensor | None, ref: tor
     else:
         def loss_at(perturb) -> float:
             with perturbed(learner.model, learner.optimizer.index, perturb, whole):
-                return surrogate(lambda part, s: learner._logprobs(learner.model, part, with_entropy=with_entropy))
+                return surrogate(lambda part, rows: learner._logprobs(learner.model, part, with_entropy=with_entropy))
 
         stats = learner.optimizer.step(loss_at)
     for k in evaluations[0]:
@@ -75,8 +75,8 @@ def _offloaded_step(learner, minibatch: TrainBatch, surrogate, with_entropy: boo
     temperature = learner.cfg.rollout.temperature or 1.0
 
     def loss_of_hidden(hidden):
-        def logprobs_of(part, s):
-            logits = head(norm(hidden[s : s + len(part), : part.tokens.shape[1]]))
+        def logprobs_of(part, rows):
+            logits = head(norm(hidden[rows, : part.tokens.shape[1]]))
             return logprobs_from_logits(logits, part.tokens, temperature, with_entropy)
 
         return surrogate(logprobs_of)

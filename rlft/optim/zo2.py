@@ -67,17 +67,23 @@ class ZO2Offload:
 
     def _move(self, block: nn.Module, device: torch.device, after: torch.cuda.Event | None) -> torch.cuda.Event | None:
         """Copy the block's tensors to `device` (asynchronously on CUDA, after `after`); returns the copy's event."""
-        if after is not None:
-            torch.cuda.current_stream(self.device).wait_event(after)
-        for t in list(block.parameters()) + list(block.buffers()):
-            moved = t.data.to(device, non_blocking=True)
-            if device.type == "cpu" and self.device.type == "cuda":
-                moved = moved.pin_memory()
-            t.data = moved
-        if self.device.type != "cuda":
+        if self.device.type != "cuda":  # CPU: nothing moves; the schedule and arithmetic are the same
             return None
+        stream = torch.cuda.current_stream(self.device)
+        if after is not None:
+            stream.wait_event(after)
+        compute = torch.cuda.default_stream(self.device)
+        for t in list(block.parameters()) + list(block.buffers()):
+            if device.type == "cpu":  # into pinned pages, so the copy is truly asynchronous
+                moved = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+                moved.copy_(t.data, non_blocking=True)
+                t.data.record_stream(stream)  # the allocator must not hand these pages out before the copy
+            else:
+                moved = t.data.to(device, non_blocking=True)
+                moved.record_stream(compute)  # allocated on this stream, used on the compute stream
+            t.data = moved
         event = torch.cuda.Event()
-        event.record()
+        event.record(stream)
         return event
 
     def _update(self, modules: list[nn.Module], update: dict | None) -> None:

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import time
 from typing import Iterator
 
 import torch
+from safetensors.torch import save
 
 from rlft.errors import UserError
 from rlft.rollout.length_predictor import GroupLengths, LengthPredictor, prediction_stats
@@ -143,10 +145,6 @@ class VLLMEngine:
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
         """The learner's weights into every vLLM worker, in buckets, only the load units that changed; the
         prefix cache is dropped after (it holds KV computed with the old weights)."""
-        import time
-
-        from safetensors.torch import save
-
         t0 = time.perf_counter()
         changed = self.changes.changed(vllm_weights(state))
         t1 = time.perf_counter()
