@@ -4,8 +4,9 @@
 ("Anna has 12 stickers. Anna gets 7 more stickers. How many stickers does Anna have now?"):
 addition, subtraction, multiplication (n bags of m), and two steps (buy, then give away).
 Like the arithmetic task, the train stream is a pure function of (seed, step) and the fixed
-held-out set never appears in it. SmolLM2-135M-Instruct gets about a third of them right at the
-start (docs/results/smollm2_grpo.md), the range where RL has signal.
+held-out set never appears in it. SmolLM2-135M-Instruct (4-bit GGUF) answers 11 % of the held-out set
+right at the start, greedy, and ~3 % of samples at temperature 0.7, but often states no answer at all:
+its preset adds a small reward for stating one (docs/results/smollm2_grpo.md).
 """
 
 from __future__ import annotations
