@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {"command": " ".join(sys.argv), "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "note": "runs back to back on a machine shared with other jobs: times are noisy, compare within the run; "
-                      "time/*_s are per-step means",
+              "note": "runs back to back in one command: compare within the report (times vary between machines and "
+                      "runs); time/*_s are per-step means",
               "results": results}
     (out / "engines.json").write_text(json.dumps(report, indent=1))
     plot(results, out / "engines.png")

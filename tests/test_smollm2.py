@@ -7,6 +7,7 @@ here under a temporary $RLFT_CACHE so that the conversion itself is tested.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -158,7 +159,8 @@ def test_loss_mask_covers_exactly_the_response_and_its_im_end(greedy_completions
             assert masked[-1] == im_end
 
 
-def test_two_grpo_steps_through_ray_change_the_weights_and_save_a_loadable_checkpoint(smollm2_dir, tmp_path):
+def test_two_grpo_steps_through_ray_change_the_weights_and_save_a_checkpoint_transformers_and_vllm_load(
+        smollm2_dir, tmp_path, monkeypatch):
     import ray
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
@@ -184,3 +186,27 @@ def test_two_grpo_steps_through_ray_change_the_weights_and_save_a_loadable_check
     after = reloaded.state_dict()
     changed = [k for k, v in before.items() if not torch.equal(v, after[k])]
     assert changed, "two GRPO steps left every weight unchanged"
+    # the same checkpoint in vLLM (CI installs its CPU build): greedy tokens equal transformers' on the reload
+    if importlib.util.find_spec("vllm") is None and os.environ.get("RLFT_REQUIRE_VLLM") != "1":
+        return
+    from transformers import AutoTokenizer
+    from vllm import LLM
+    from vllm import SamplingParams as VLLMParams
+
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    monkeypatch.setenv("VLLM_CPU_CI_ENV", "1")
+    prompt = AutoTokenizer.from_pretrained(ckpt).apply_chat_template(
+        [{"role": "user", "content": "Tom has 3 apples and gets 4 more. How many apples does Tom have?"}],
+        add_generation_prompt=True)
+    prompt = list(prompt["input_ids"] if isinstance(prompt, dict) else prompt)
+    llm = LLM(model=str(ckpt), dtype="float32", enforce_eager=True, kv_cache_memory_bytes=2**28,
+              enable_chunked_prefill=False, seed=0)
+    try:
+        got = llm.generate([{"prompt_token_ids": prompt}], VLLMParams(temperature=0.0, max_tokens=8, min_tokens=8),
+                           use_tqdm=False)
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+    with torch.no_grad():
+        ref = reloaded.generate(torch.tensor([prompt]), max_new_tokens=8, min_new_tokens=8, do_sample=False,
+                               pad_token_id=2)  # min: both run 8 steps with <|im_end|> masked alike
+    assert list(got[0].outputs[0].token_ids) == ref[0, len(prompt):].tolist()
