@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -123,8 +124,18 @@ def _interrupted_message(e: KeyboardInterrupt) -> str:
     return f"interrupted during step {e.step + 1}; the last checkpoint is {latest} (resume with --resume {run_dir})"
 
 
+def _stoppable_by_ctrl_c() -> None:
+    """Ctrl-C (SIGINT) stops a run cleanly even when the launching process blocked or ignored SIGINT: both are
+    inherited by a child, and non-interactive shells ignore it for background jobs, which left `kill -INT`
+    without effect (the run went on to its last step)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, None):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    _stoppable_by_ctrl_c()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         args = parse_args(argv)

@@ -107,6 +107,11 @@ def _processes_with(marker: str) -> set[int]:
     return found
 
 
+def _as_a_background_job() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
 def test_ctrl_c_saves_the_finished_steps_names_the_folder_and_leaves_no_ray_processes(tmp_path):
     marker = f"RLFT_TEST_RUN={os.getpid()}-{time.time_ns()}"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", marker.split("=")[0]: marker.split("=")[1]}
@@ -114,6 +119,7 @@ def test_ctrl_c_saves_the_finished_steps_names_the_folder_and_leaves_no_ray_proc
         [sys.executable, "-m", "rlft.train", *SMALL, "train.steps=500", "train.save_every=100",
          f"train.output_dir={tmp_path}", "train.run_name=c"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=_as_a_background_job,  # SIGINT ignored and blocked, as a launcher may leave it: still stops
     )
     metrics = tmp_path / "c" / "metrics.jsonl"
     deadline = time.time() + 600  # generous: Ray's start alone took minutes on a machine at load ~60
