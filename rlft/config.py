@@ -269,7 +269,10 @@ class LearnerConfig(Section):
     backend: Literal["torch", "deepspeed"] = Field("torch", description="single-process torch or DeepSpeed ZeRO")
     num_workers: int = Field(1, ge=1, description="data-parallel learner actors (deepspeed backend)")
     zero_stage: int = Field(2, ge=0, le=3, description="DeepSpeed ZeRO stage")
-    micro_batch_size: int = Field(64, ge=1, description="sequences per forward/backward pass")
+    micro_batch_size: int = Field(
+        256, ge=1, description="sequences per forward/backward pass at most (learner.max_tokens_per_micro_batch bounds "
+        "their tokens)",
+    )
     max_tokens_per_micro_batch: int | None = Field(
         2048, ge=1,
         description="padded tokens (rows x longest row) per forward/backward pass at most, so memory does not grow "
@@ -277,6 +280,12 @@ class LearnerConfig(Section):
     )
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:i]'")
     gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
+    share_prompts: bool = Field(
+        True,
+        description="run each distinct prompt of a micro-batch once and its group's responses against its cached "
+        "keys/values (rlft.learner.shared_prompts; the same values up to float rounding, fewer tokens); not with "
+        "learner.gradient_checkpointing, where every row runs whole",
+    )
     logprobs: Literal["auto", "plain", "fused"] = Field(
         "auto",
         description="'fused': log-probs from hidden states in vocabulary chunks (no full logits); 'auto': fused where "

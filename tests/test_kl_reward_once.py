@@ -21,15 +21,16 @@ def test_kl_reward_runs_the_reference_once_and_advantages_are_grpo_of_the_penali
     torch.manual_seed(0)
     cfg = resolve_config("grpo", None, ["algo.kl_coef=0.1", "algo.kl_mode=reward", "learner.micro_batch_size=64"])
     learner = Learner(cfg)
-    forwards = []
-    learner.ref_model.register_forward_pre_hook(lambda module, args: forwards.append(1))
+    forwards = []  # reference passes over the batch (each may run the model more than once: shared prompts)
+    frozen = learner._frozen_logprobs
+    learner._frozen_logprobs = lambda model, b: (forwards.append(model is learner.ref_model), frozen(model, b))[1]
     completions = [[{"token_ids": r, "logprobs": [-1.0 - 0.5 * t for t in range(len(r))]} for r in g]
                    for g in RESPONSES]
     groups = Groups([{}, {}], [[1, 2, 3], [4, 3]], completions, REWARDS, torch.ones(2, 3, dtype=torch.bool))
 
     batch, metrics = build_step_batch(groups, cfg.algo, cfg.rollout.max_new_tokens, 0, learner.reference_logprobs)
     step = learner.train_step(batch)
-    assert len(forwards) == 1  # once for the penalty; the learner's KL statistic reuses those log-probs
+    assert forwards == [True]  # once for the penalty; the learner's KL statistic reuses those log-probs
     assert "learner/kl" in step
 
     # by hand: penalty_i = kl_coef * sum_t k3(rollout_t - ref_t), then GRPO over each group

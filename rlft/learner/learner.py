@@ -43,6 +43,8 @@ class Learner:
                 self.model.enable_input_require_grads()
         self.model.train()
         self.fused_logprobs = use_fused_logprobs(cfg.learner.logprobs, self.model.config)
+        # checkpointed layers recompute their forward in backward and would append to the prompts' cache twice
+        self.share_prompts = cfg.learner.share_prompts and not cfg.learner.gradient_checkpointing
         self.neuzip = None
         if cfg.learner.weight_compression == "neuzip":  # the fused log-prob reads the LM head outside its forward
             self.neuzip = NeuZip(self.model, keep=[self.model.get_output_embeddings()] if self.fused_logprobs else [])
@@ -66,6 +68,7 @@ class Learner:
                 model, part.tokens, part.attention_mask, self.cfg.rollout.temperature or 1.0,
                 with_entropy=with_entropy, entropy_grad=bool(self.cfg.algo.entropy_coef),
                 fused_chunk=self.cfg.learner.vocab_chunk if fused else 0, targets_mask=part.response_mask,
+                share_prompts=self.share_prompts,
             )
 
     @torch.no_grad()

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from rlft.learner.fused_logprob import fused_token_logprobs
+from rlft.learner.shared_prompts import prompt_groups, shared_prompt_logprobs
 
 
 def use_fused_logprobs(choice: str, model_config) -> bool:
@@ -34,6 +35,7 @@ def token_logprobs(
     entropy_grad: bool = False,
     fused_chunk: int = 0,
     targets_mask: torch.Tensor | None = None,
+    share_prompts: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log pi(tokens[:, t] | tokens[:, :t]) as [N, L] float32 aligned with `tokens` (column 0 is 0).
 
@@ -44,7 +46,16 @@ def token_logprobs(
     `fused_chunk > 0` computes them from the last hidden states and the LM head in vocabulary chunks
     of that many tokens, never holding the [N, L, vocab] logits, and only where `targets_mask`
     [N, L] is set (the response tokens); other positions are 0.
+
+    `share_prompts` (with `targets_mask`, the response tokens): rows whose prompts (the tokens before
+    their first response token) are equal run that prompt once (rlft.learner.shared_prompts); values at
+    the response positions, 0 elsewhere. Used when some prompt repeats; otherwise the rows run whole.
     """
+    if share_prompts and targets_mask is not None:
+        groups = prompt_groups(tokens, attention_mask, targets_mask)
+        if len(groups[2]) < tokens.shape[0]:
+            return shared_prompt_logprobs(model, tokens, attention_mask, targets_mask, temperature, with_entropy,
+                                          entropy_grad, fused_chunk, groups)
     if fused_chunk > 0:
         return _fused(model, tokens, attention_mask, temperature, with_entropy, entropy_grad, fused_chunk, targets_mask)
     logits = model(input_ids=tokens, attention_mask=attention_mask, use_cache=False).logits
