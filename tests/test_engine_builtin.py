@@ -187,6 +187,19 @@ def test_groups_stream_out_as_their_last_sample_ends(lm):
     assert order[-1] == 0 and sorted(order) == [0, 1, 2, 3]
 
 
+def test_groups_that_end_in_the_same_engine_step_come_in_one_batch(lm):
+    """generate_group_batches: a list per engine step (a rollout worker sends it as one Ray message)."""
+    model, tokenizer = lm
+    prompts = _prompts(tokenizer)
+    engine = BuiltinEngine(model, tokenizer, max_slots=64)
+    one_token = SamplingParams(n=3, temperature=1.0, max_new_tokens=1, seed=2)  # every sample ends at its prefill
+    batches = list(engine.generate_group_batches(prompts, one_token))
+    assert len(batches) == 1 and sorted(i for i, _ in batches[0]) == list(range(len(prompts)))
+    params = SamplingParams(n=3, temperature=1.0, max_new_tokens=12, seed=2)
+    batched = {i: [c.token_ids for c in g] for batch in engine.generate_group_batches(prompts, params) for i, g in batch}
+    assert batched == {i: [c.token_ids for c in g] for i, g in engine.generate_groups(prompts, params)}
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_sampling_logprobs_match_the_learner_recomputation(lm, mode):
     """Engine log-probs vs rlft.learner.logprobs.token_logprobs on the same weights: |diff| < 1e-4 (float32)."""

@@ -28,7 +28,8 @@ def test_rollout_worker_ends_its_stream_with_the_engine_statistics_of_the_call()
     worker = RolloutWorker(cfg, 0)
     prompts = [worker.tokenizer(f"{i}{i}+{i}=")["input_ids"] for i in range(1, 5)]
     items = list(worker.stream(prompts, SamplingParams(n=4, temperature=1.0, max_new_tokens=40, seed=3)))
-    *groups, (last_index, stats) = items
+    *batches, (last_index, stats) = items
+    groups = [(i, g) for indices, gs in batches for i, g in zip(indices, gs)]  # one message per engine step
     assert sorted(i for i, _ in groups) == [0, 1, 2, 3] and last_index is None
     assert set(stats) <= set(ENGINE_STATS)
     tokens = sum(len(c["token_ids"]) for _, g in groups for c in g)

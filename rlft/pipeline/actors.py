@@ -40,14 +40,15 @@ class RolloutWorker:
                                         kv_budget_tokens=r.kv_budget_tokens)
 
     def stream(self, prompt_ids: list[list[int]], params: SamplingParams, weights_version: int | None = None):
-        """A Ray streaming generator: (index in `prompt_ids`, group as dicts) the moment each group completes,
+        """A Ray streaming generator: ([indices in `prompt_ids`], [groups as dicts]) the moment an engine step
+        completes groups (one message for all of them: Ray's per-item cost is paid per step, not per group),
         then (None, the engine's statistics of this call). `weights_version`: the weights the caller expects
         (a worker Ray restarted in between holds the initial ones and refuses)."""
         if weights_version is not None and weights_version != self.weights_version:
             raise StaleWeights(f"rollout worker {self.index} holds weights version {self.weights_version}, "
                                f"expected {weights_version} (it was restarted)")
-        for index, group in self.engine.generate_groups(prompt_ids, params):
-            yield index, [vars(c) for c in group]
+        for batch in self.engine.generate_group_batches(prompt_ids, params):
+            yield [index for index, _ in batch], [[vars(c) for c in group] for _, group in batch]
         yield None, self.engine.stats()
 
     def load_weights(self, state: dict[str, torch.Tensor], version: int = 0) -> None:

@@ -96,18 +96,18 @@ def pack_batch(
 ) -> TrainBatch:
     """The batch's token tensors, rows group-major; advantages and weights stay 0 until `assign_advantages`."""
     rows = [(p, r, lp) for p, group, lps in zip(prompt_ids, responses, response_logprobs) for r, lp in zip(group, lps)]
-    width = max(len(p) + len(r) for p, r, _ in rows)
     n = len(rows)
-    tokens = torch.full((n, width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((n, width), dtype=torch.long)
-    response_mask = torch.zeros((n, width))
-    rollout_logprobs = torch.zeros((n, width))
-    for i, (p, r, lp) in enumerate(rows):
-        end = len(p) + len(r)
-        tokens[i, :end] = torch.tensor(p + r, dtype=torch.long)
-        attention_mask[i, :end] = 1
-        response_mask[i, len(p) : end] = 1.0
-        rollout_logprobs[i, len(p) : end] = torch.tensor(lp, dtype=torch.float32)
+    # one tensor per field from flat lists (a per-row loop of small tensor ops costs ~15 ms at 256 rows)
+    starts = torch.tensor([len(p) for p, _, _ in rows])
+    ends = starts + torch.tensor([len(r) for _, r, _ in rows])
+    cols = torch.arange(int(ends.max()))
+    attention = cols < ends[:, None]
+    response = attention & (cols >= starts[:, None])
+    tokens = torch.full(attention.shape, pad_id, dtype=torch.long)
+    tokens[attention] = torch.tensor([t for p, r, _ in rows for t in (*p, *r)], dtype=torch.long)  # row-major fill
+    rollout_logprobs = torch.zeros(attention.shape)
+    rollout_logprobs[response] = torch.tensor([x for _, _, lp in rows for x in lp], dtype=torch.float32)
+    attention_mask, response_mask = attention.long(), response.float()
     empty = torch.zeros(n)
     return TrainBatch(
         tokens=tokens, attention_mask=attention_mask, response_mask=response_mask, rollout_logprobs=rollout_logprobs,

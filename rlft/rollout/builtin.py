@@ -118,9 +118,16 @@ class BuiltinEngine:
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state, strict=True)
 
-    @torch.inference_mode()
     def generate_groups(self, prompts: list[list[int]], params: SamplingParams) -> Iterator[tuple[int, list[Completion]]]:
         """Yield (prompt index, its n completions) as each group's last sample ends."""
+        for batch in self.generate_group_batches(prompts, params):
+            yield from batch
+
+    @torch.inference_mode()
+    def generate_group_batches(
+        self, prompts: list[list[int]], params: SamplingParams
+    ) -> Iterator[list[tuple[int, list[Completion]]]]:
+        """`generate_groups`' pairs, a list per engine step: the groups whose last sample ended in that step."""
         groups = [_Group(i, list(p), params.n, params.seed, params.prompt_index_offset) for i, p in enumerate(prompts)]
         # lengths matter when samples outnumber the slots and responses may run long next to a probe (the tail a
         # plan can save is at most a few max_new_tokens); below that, first-come refill is as good and costs nothing
@@ -166,8 +173,8 @@ class BuiltinEngine:
                         finished.append(sample)
                         changed = True
                 running += [s for s in started if s.finish is None]
-            for group in self._complete(finished):
-                yield group.index, self._completions(group)
+            if done := self._complete(finished):
+                yield [(group.index, self._completions(group)) for group in done]
             if not running:
                 if sched.done:
                     break
@@ -185,8 +192,8 @@ class BuiltinEngine:
                 else:
                     still.append(sample)
             running = still
-            for group in self._complete(finished):
-                yield group.index, self._completions(group)
+            if done := self._complete(finished):
+                yield [(group.index, self._completions(group)) for group in done]
         self.counters["peak_kv_bytes"] = self.cache.peak_blocks * self.cache.block_bytes()
         self.counters["reserved_kv_blocks"] = peak_held + slot_blocks
         self.counters["reserved_kv_bytes"] = (peak_held + slot_blocks) * self.cache.block_bytes()

@@ -163,9 +163,11 @@ class GroupStream:
             if index is None:
                 self.stats.append(group)
                 continue
-            index += part.offset
-            self.groups[index] = group
-            yield index, group
+            # a worker sends (index, group), or ([indices], [groups]) for the groups one engine step completed
+            for index, group in zip(index, group) if isinstance(index, list) else [(index, group)]:
+                index += part.offset
+                self.groups[index] = group
+                yield index, group
 
     def collect(self) -> list[list[dict]]:
         """Every group, in prompt order (consumes what is left of the stream)."""

@@ -86,6 +86,13 @@ class RolloutEngine(Protocol):
         """Yield (prompt index, its n completions) for each prompt, each group as soon as it is complete."""
         ...
 
+    def generate_group_batches(
+        self, prompts: list[list[int]], params: SamplingParams
+    ) -> Iterator[list[tuple[int, list[Completion]]]]:
+        """`generate_groups`' pairs, a list per engine step (the groups that ended in it): a rollout worker sends
+        each list in one message, not one per group."""
+        ...
+
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
         """Replace the model's weights (names as in the policy's state_dict)."""
         ...

@@ -180,6 +180,13 @@ class VLLMEngine:
 
     def generate_groups(self, prompts: list[list[int]], params: SamplingParams) -> Iterator[tuple[int, list[Completion]]]:
         """Yield (prompt index, its n completions) as each group's last sample ends."""
+        for batch in self.generate_group_batches(prompts, params):
+            yield from batch
+
+    def generate_group_batches(
+        self, prompts: list[list[int]], params: SamplingParams
+    ) -> Iterator[list[tuple[int, list[Completion]]]]:
+        """`generate_groups`' pairs, a list per engine step: the groups whose last sample ended in that step."""
         r = self.rollout_cfg
         split = probe_split(r, params)
         samples = [[_Sample(i, j, sample_key(params.seed, params.prompt_index_offset + i, j)) for j in range(params.n)]
@@ -224,6 +231,7 @@ class VLLMEngine:
             step += 1
             self.counters["decode_steps"] += 1
             kv.sample()
+            done = []
             for output in outputs:
                 if not output.finished:
                     continue
@@ -251,7 +259,9 @@ class VLLMEngine:
                 if unfinished[g] == 0:
                     if lengths is not None:
                         self.predictor.learn(lengths[g])
-                    yield g, [self._completion(c) for c in samples[g]]
+                    done.append((g, [self._completion(c) for c in samples[g]]))
+            if done:
+                yield done
         self.counters.update(kv.summary())
 
     def _predict(self, s: _Sample, group: GroupLengths, params: SamplingParams) -> float:
