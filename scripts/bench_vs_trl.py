@@ -3,6 +3,7 @@
     python scripts/bench_vs_trl.py                                 # both scales, seeds 0 1 2 (about 40 min on 2 cores)
     python scripts/bench_vs_trl.py --scales default --seeds 0 --steps 20     # a quick look
     python scripts/bench_vs_trl.py --trl-python /path/to/venv-trl/bin/python  # TRL from another venv
+    python scripts/bench_vs_trl.py --precision bf16   # both in bf16 mixed precision -> bench_vs_trl_bf16.*
 
 Scales:
 - `default`: rlft's embedded default (1.07M-parameter model, 3-digit addition, 32 prompts x 8 samples, 8 new
@@ -16,7 +17,10 @@ Scales:
 Each (scale, seed) runs both frameworks back to back in subprocesses, the order alternating by seed, so a shared
 machine's load falls on both alike; ratios are taken within a seed. Peak memory is sampled every 0.2 s over the
 run's whole process tree (rlft: driver, every Ray actor and Ray's own processes; TRL: its one process).
-Writes <out>/bench_vs_trl.json, .md and .png and prints the table.
+`--precision bf16` runs both frameworks in bf16 mixed precision (fp32 weights, bf16 matmuls under autocast:
+rlft `learner.autocast=bfloat16 rollout.dtype=bfloat16`, TRL `bf16=True`); the default is fp32 for both.
+
+Writes <out>/bench_vs_trl.json, .md and .png (bench_vs_trl_bf16.* for `--precision bf16`) and prints the table.
 """
 
 from __future__ import annotations
@@ -208,7 +212,7 @@ def trl_worker(args) -> None:
         num_generations=s["group"], per_device_train_batch_size=s["prompts"] * s["group"],
         max_completion_length=s["max_new_tokens"], temperature=1.0, top_p=1.0, max_steps=args.steps,
         logging_steps=1, save_strategy="no", report_to=[], seed=args.seed, use_cpu=True, shuffle_dataset=False,
-        disable_tqdm=True,
+        disable_tqdm=True, bf16=args.precision == "bf16",
     )
     trainer = GRPOTrainer(model=model, reward_funcs=reward_fn, args=config, train_dataset=dataset,
                           processing_class=tokenizer)
@@ -273,20 +277,22 @@ def trl_worker(args) -> None:
 
 
 def run_one(framework: str, scale: str, seed: int, steps: int, model: str, rlft_extra: list[str], trl_python: str,
-            trl_threads: int, workdir: Path) -> dict:
+            trl_threads: int, workdir: Path, precision: str = "fp32") -> dict:
     """One run in a subprocess, its process tree's memory sampled; the run's record."""
-    out = workdir / f"{framework}-{scale}-{seed}"
+    out = workdir / f"{framework}-{scale}-{seed}{'' if precision == 'fp32' else '-' + precision}"
     if (out / "record.json").is_file():  # finished in an earlier call with this --workdir
         return json.loads((out / "record.json").read_text())
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}
     if framework == "rlft":
-        cmd = rlft_command(scale, seed, steps, out, model, rlft_extra)
+        bf16 = ["learner.autocast=bfloat16", "rollout.dtype=bfloat16"] if precision == "bf16" else []
+        cmd = rlft_command(scale, seed, steps, out, model, rlft_extra + bf16)
     else:
         cmd = [trl_python, str(Path(__file__).resolve()), "--trl-worker", "--scale", scale, "--seed", str(seed),
                "--steps", str(steps), "--model", model, "--out", str(out), "--json", str(out / "trl.json"),
-               "--trl-threads", str(trl_threads), "--eval-every", str(SCALES[scale]["eval_every"])]
+               "--trl-threads", str(trl_threads), "--eval-every", str(SCALES[scale]["eval_every"]),
+               "--precision", precision]
     for attempt in range(3):  # a loaded machine can time Ray's start out; that is not the run's failure
         shutil.rmtree(out / "run", ignore_errors=True)
         start = time.perf_counter()
@@ -440,6 +446,8 @@ def main() -> None:
     parser.add_argument("--trl-python", default=sys.executable, help="python of an environment that has trl")
     parser.add_argument("--trl-threads", type=int, default=0,
                         help="torch threads of the TRL process (0: torch's default, every core)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="both frameworks' precision: fp32, or bf16 mixed precision (autocast over fp32 weights)")
     parser.add_argument("--out", default=str(REPO / "docs" / "results"))
     parser.add_argument("--workdir", default=None,
                         help="where runs are written (default: a temporary folder); runs finished there are reused")
@@ -455,7 +463,8 @@ def main() -> None:
         trl_worker(args)
         return
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_vs_trl-"))
-    results = {"settings": {k: SCALES[k] for k in args.scales}, "rlft_extra": args.rlft, "runs": {}, "ratios": {},
+    results = {"settings": {k: SCALES[k] for k in args.scales}, "rlft_extra": args.rlft, "precision": args.precision,
+               "runs": {}, "ratios": {},
                "machine": f"{os.cpu_count()} CPU cores", "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     from rlft.models.loading import resolve_model_path
 
@@ -472,7 +481,8 @@ def main() -> None:
             order = ("rlft", "trl") if i % 2 == 0 else ("trl", "rlft")  # alternated: load drifts hit both alike
             pair = {}
             for fw in order:
-                run = run_one(fw, scale, seed, steps, model, args.rlft, args.trl_python, args.trl_threads, workdir)
+                run = run_one(fw, scale, seed, steps, model, args.rlft, args.trl_python, args.trl_threads, workdir,
+                              args.precision)
                 run["summary"] = summarize(run, scale)
                 pair[fw] = run
                 print(f"{scale} seed {seed} {fw}: step {run['summary']['step_s_median']:.3f} s, "
@@ -483,9 +493,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     text = table(results)
     print(text)
-    (out / "bench_vs_trl.json").write_text(json.dumps(results, indent=1))
-    (out / "bench_vs_trl.md").write_text(text + "\n")
-    plot(results, out / "bench_vs_trl.png")
+    stem = "bench_vs_trl" + ("" if args.precision == "fp32" else "_" + args.precision)
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=1))
+    (out / f"{stem}.md").write_text(text + "\n")
+    plot(results, out / f"{stem}.png")
 
 
 if __name__ == "__main__":
