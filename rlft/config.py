@@ -284,7 +284,7 @@ class LearnerConfig(Section):
         True,
         description="run each distinct prompt of a micro-batch once and its group's responses against its cached "
         "keys/values (rlft.learner.shared_prompts; the same values up to float rounding, fewer tokens); not with "
-        "learner.gradient_checkpointing, where every row runs whole",
+        "learner.gradient_checkpointing or learner.backend=deepspeed, where every row runs whole",
     )
     logprobs: Literal["auto", "plain", "fused"] = Field(
         "auto",

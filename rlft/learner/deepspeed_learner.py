@@ -67,6 +67,9 @@ class DeepSpeedLearner(Learner):
         self.train_model = self.engine
         if cfg.learner.zero_stage == 3:  # ZeRO-3 keeps a slice of the output embedding outside the forward
             self.fused_logprobs = False
+        # every rank must run the same forwards (ZeRO-3 gathers parameters in each): a rank whose rows repeat a
+        # prompt would run two where another runs one, and the collectives would wait for ever
+        self.share_prompts = False
 
     def _micro_batches(self, batch: TrainBatch) -> list[slice]:
         # every rank must run as many forwards and backwards as the others (ZeRO's collectives): rows only
