@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 from rlft.config import resolve_config
 from rlft.learner.learner import Learner
 from rlft.learner.logprobs import token_logprobs
-from rlft.learner.shared_prompts import prompt_groups
+from rlft.learner.shared_prompts import prompt_groups, shared_prompt_logprobs
 from rlft.learner.types import TrainBatch
 
 TINY = "rlft/models/tiny"
@@ -41,8 +41,8 @@ RAGGED = [(5, [4, 1, 6]), (8, [2, 7]), (3, [5, 5, 1, 3]), (6, [3]), (4, [0, 2])]
 
 def forward_backward(model, tokens, attention, response, share, fused, temperature):
     model.zero_grad(set_to_none=True)
-    lp, ent = token_logprobs(model, tokens, attention, temperature, with_entropy=True, entropy_grad=True,
-                             fused_chunk=fused, targets_mask=response, share_prompts=share)
+    logprobs = shared_prompt_logprobs if share else token_logprobs
+    lp, ent = logprobs(model, tokens, attention, temperature, True, True, fused, response)
     weights = torch.linspace(-1.0, 1.0, lp.numel()).reshape(lp.shape)
     ((lp * weights + 0.1 * ent) * response).sum().backward()
     return (lp * response).detach(), (ent * response).detach(), [p.grad.clone() for p in model.parameters()]
@@ -77,7 +77,7 @@ def test_rows_with_distinct_prompts_run_whole_with_the_same_values():
     model = AutoModelForCausalLM.from_pretrained(TINY, dtype=torch.float32)
     tokens, attention, response = packed_rows([(5, [3]), (6, [4]), (4, [2])])
     with torch.no_grad():
-        shared, _ = token_logprobs(model, tokens, attention, targets_mask=response, share_prompts=True)
+        shared, _ = shared_prompt_logprobs(model, tokens, attention, targets_mask=response)
         whole, _ = token_logprobs(model, tokens, attention, targets_mask=response)
     assert torch.equal(shared, whole)  # no prompt repeats: the plain forward, bit for bit
 

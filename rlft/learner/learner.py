@@ -13,6 +13,7 @@ from rlft.learner.logprobs import token_logprobs, use_fused_logprobs
 from rlft.learner.loss import micro_batch_loss
 from rlft.learner.micro_batches import micro_batch_slices
 from rlft.learner.neuzip import NeuZip
+from rlft.learner.shared_prompts import shared_prompt_logprobs
 from rlft.lora import apply_lora, export_peft_adapter, lora_before_step, merged_state_dict, save_merged
 from rlft.models.loading import load_causal_lm, load_model_weights, pick_device, resolve_model_path
 from rlft.optim import build_optimizer, needs_backward
@@ -64,11 +65,11 @@ class Learner:
         fused = self.fused_logprobs
         # learner.autocast: bf16 matmuls (AMX / tensor cores) over fp32 master weights; log-softmax stays fp32
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.learner.autocast == "bfloat16"):
-            return token_logprobs(
-                model, part.tokens, part.attention_mask, self.cfg.rollout.temperature or 1.0,
-                with_entropy=with_entropy, entropy_grad=bool(self.cfg.algo.entropy_coef),
-                fused_chunk=self.cfg.learner.vocab_chunk if fused else 0, targets_mask=part.response_mask,
-                share_prompts=self.share_prompts,
+            # learner.share_prompts: each distinct prompt runs once (rlft.learner.shared_prompts)
+            logprobs = shared_prompt_logprobs if self.share_prompts else token_logprobs
+            return logprobs(
+                model, part.tokens, part.attention_mask, self.cfg.rollout.temperature or 1.0, with_entropy,
+                bool(self.cfg.algo.entropy_coef), self.cfg.learner.vocab_chunk if fused else 0, part.response_mask,
             )
 
     @torch.no_grad()

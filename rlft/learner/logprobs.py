@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 
 from rlft.learner.fused_logprob import fused_token_logprobs
-from rlft.learner.shared_prompts import prompt_groups, shared_prompt_logprobs
 
 
 def use_fused_logprobs(choice: str, model_config) -> bool:
@@ -35,7 +34,6 @@ def token_logprobs(
     entropy_grad: bool = False,
     fused_chunk: int = 0,
     targets_mask: torch.Tensor | None = None,
-    share_prompts: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log pi(tokens[:, t] | tokens[:, :t]) as [N, L] float32 aligned with `tokens` (column 0 is 0).
 
@@ -46,16 +44,7 @@ def token_logprobs(
     `fused_chunk > 0` computes them from the last hidden states and the LM head in vocabulary chunks
     of that many tokens, never holding the [N, L, vocab] logits, and only where `targets_mask`
     [N, L] is set (the response tokens); other positions are 0.
-
-    `share_prompts` (with `targets_mask`, the response tokens): rows whose prompts (the tokens before
-    their first response token) are equal run that prompt once (rlft.learner.shared_prompts); values at
-    the response positions, 0 elsewhere. Used when some prompt repeats; otherwise the rows run whole.
     """
-    if share_prompts and targets_mask is not None:
-        groups = prompt_groups(tokens, attention_mask, targets_mask)
-        if len(groups[2]) < tokens.shape[0]:
-            return shared_prompt_logprobs(model, tokens, attention_mask, targets_mask, temperature, with_entropy,
-                                          entropy_grad, fused_chunk, groups)
     if fused_chunk > 0:
         return _fused(model, tokens, attention_mask, temperature, with_entropy, entropy_grad, fused_chunk, targets_mask)
     logits = model(input_ids=tokens, attention_mask=attention_mask, use_cache=False).logits
@@ -67,17 +56,25 @@ def logprobs_from_logits(
     entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """token_logprobs' values from the model's logits [N, L, vocab] (ZO2 runs the model block by block)."""
-    logits = logits[:, :-1].float()
+    logprobs, entropy = target_logprobs(logits[:, :-1], tokens[:, 1:], temperature, with_entropy, entropy_grad)
+    return F.pad(logprobs, (1, 0)), (F.pad(entropy, (1, 0)) if entropy is not None else None)
+
+
+def target_logprobs(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0, with_entropy: bool = False,
+    entropy_grad: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log softmax(logits / T)[target] in fp32 for logits [..., vocab] and targets [...], and the entropy of the
+    same distributions when `with_entropy` (with gradient only when `entropy_grad`)."""
+    logits = logits.float()
     if temperature not in (0.0, 1.0):
         logits = logits / temperature
     log_z = torch.logsumexp(logits, dim=-1)
-    target = logits.gather(-1, tokens[:, 1:, None]).squeeze(-1)
-    logprobs = F.pad(target - log_z, (1, 0))
+    logprobs = logits.gather(-1, targets[..., None]).squeeze(-1) - log_z
     entropy = None
     if with_entropy:
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            probs = torch.softmax(logits, dim=-1)
-            entropy = F.pad(log_z - (probs * logits).sum(-1), (1, 0))
+            entropy = log_z - (torch.softmax(logits, dim=-1) * logits).sum(-1)
     return logprobs, entropy
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from rlft.learner.fused_logprob import fused_token_logprobs
+from rlft.learner.logprobs import target_logprobs, token_logprobs
 
 
 def prompt_groups(tokens: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor):
@@ -38,19 +39,21 @@ def shared_prompt_logprobs(
     model: torch.nn.Module,
     tokens: torch.Tensor,
     attention_mask: torch.Tensor,
-    response_mask: torch.Tensor,
     temperature: float = 1.0,
     with_entropy: bool = False,
     entropy_grad: bool = False,
     fused_chunk: int = 0,
-    groups=None,
+    targets_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """`token_logprobs`' values [N, L] at the response positions (0 elsewhere), each distinct prompt run once.
-
-    `groups`: `prompt_groups`' result for these rows, when the caller has it already.
-    """
+    """`token_logprobs` (same arguments), each distinct prompt run once: values [N, L] at the response positions
+    `targets_mask`, 0 elsewhere. Without `targets_mask` (no response positions to tell prompts by), or where no
+    prompt repeats, the rows run whole (`token_logprobs` itself)."""
     device, (n, width) = tokens.device, tokens.shape
-    first, group, prompts = groups or prompt_groups(tokens, attention_mask, response_mask)
+    groups = prompt_groups(tokens, attention_mask, targets_mask) if targets_mask is not None else None
+    if groups is None or len(groups[2]) == n:
+        return token_logprobs(model, tokens, attention_mask, temperature, with_entropy, entropy_grad, fused_chunk,
+                              targets_mask)
+    first, group, prompts = groups
     plen = torch.tensor([len(p) for p in prompts], device=device)
     pmax = max(1, int(plen.max()))
     # distinct prompts, left-padded so that every prompt's last token sits in the last column
@@ -69,7 +72,7 @@ def shared_prompt_logprobs(
     valid = torch.arange(r, device=device)[None, :] < cont_len[:, None]
     cols = torch.where(valid, cols, torch.zeros_like(cols))
     r_ids = tokens.gather(1, cols) * valid
-    targets_mask = response_mask.gather(1, cols) * valid
+    targets = targets_mask.gather(1, cols) * valid
 
     fused = fused_chunk > 0
     decoder = model.get_decoder() if fused else model
@@ -82,21 +85,13 @@ def shared_prompt_logprobs(
                   position_ids=first[:, None] + torch.arange(r, device=device), past_key_values=cache, use_cache=True)
     states = torch.cat([last[:, None], (out.last_hidden_state if fused else out.logits)[:, :-1]], dim=1)  # [N, r, ·]
 
-    where = targets_mask > 0  # [N, r]: the response tokens, by their position in the continuation
+    where = targets > 0  # [N, r]: the response tokens, by their position in the continuation
     if fused:
         logprobs, entropy = fused_token_logprobs(
             states[where], model.get_output_embeddings().weight, r_ids[where], temperature, fused_chunk, with_entropy
         )
     else:
-        logits = states[where].float()
-        if temperature not in (0.0, 1.0):
-            logits = logits / temperature
-        log_z = torch.logsumexp(logits, dim=-1)
-        logprobs = logits.gather(-1, r_ids[where][:, None]).squeeze(-1) - log_z
-        entropy = None
-        if with_entropy:
-            with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-                entropy = log_z - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+        logprobs, entropy = target_logprobs(states[where], r_ids[where], temperature, with_entropy, entropy_grad)
     rows, steps = where.nonzero(as_tuple=True)
     positions = (rows, cols[rows, steps])
     lp = torch.zeros((n, width), dtype=torch.float32, device=device).index_put(positions, logprobs.float())
