@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from rlft.learner.logprobs import use_fused_logprobs
-from rlft.learner.micro_batches import micro_batch_slices
+from rlft.learner.micro_batches import micro_batch_rows
 
 
 def _mask(lengths: list[int]) -> torch.Tensor:
@@ -13,17 +13,42 @@ def _mask(lengths: list[int]) -> torch.Tensor:
     return torch.tensor([[1] * n + [0] * (width - n) for n in lengths])
 
 
-def test_micro_batches_keep_rows_times_longest_row_within_the_token_bound():
-    lengths = [10, 30, 20, 50, 5, 5, 5, 5]
-    slices = micro_batch_slices(_mask(lengths), max_rows=64, max_tokens=60)
-    assert [(s.start, s.stop) for s in slices] == [(0, 2), (2, 3), (3, 4), (4, 8)]
-    covered = [i for s in slices for i in range(s.start, s.stop)]
-    assert covered == list(range(len(lengths)))
+def _passes(lengths, max_rows, max_tokens):
+    return [m.tolist() for m in micro_batch_rows(_mask(lengths), max_rows, max_tokens)]
+
+
+def _padded(lengths, passes):
+    return sum(len(p) * max(lengths[i] for i in p) for p in passes)
+
+
+def test_micro_batches_cover_every_row_once_within_the_row_and_token_bounds():
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 300, (64,), generator=gen).tolist()
+    passes = _passes(lengths, max_rows=8, max_tokens=1024)
+    assert sorted(i for p in passes for i in p) == list(range(64))
+    for p in passes:
+        assert p == sorted(p) and len(p) <= 8
+        assert len(p) == 1 or len(p) * max(lengths[i] for i in p) <= 1024
+
+
+def test_rows_of_similar_length_share_a_pass_so_little_is_padded():
+    # long and short responses interleaved, as a group's samples come: contiguous passes pad the short ones
+    lengths = [256, 5, 252, 6, 250, 7, 248, 8]
+    passes = _passes(lengths, max_rows=64, max_tokens=1024)
+    assert sorted(map(sorted, passes)) == [[0, 2, 4, 6], [1, 3, 5, 7]]
+    assert _padded(lengths, passes) == 4 * 256 + 4 * 8
+
+
+def test_short_rows_are_not_split_into_many_tiny_passes():
+    # a pass costs max_tokens / 32 = 64 tokens' worth: splitting the 12s from the 14s saves 40 padded tokens
+    lengths = [14, 12] * 20
+    assert len(_passes(lengths, max_rows=256, max_tokens=2048)) == 1
 
 
 def test_a_row_longer_than_the_bound_is_its_own_micro_batch_and_rows_still_bound():
-    assert [(s.start, s.stop) for s in micro_batch_slices(_mask([100, 3, 3]), 64, 50)] == [(0, 1), (1, 3)]
-    assert [(s.start, s.stop) for s in micro_batch_slices(_mask([3] * 5), 2, None)] == [(0, 2), (2, 4), (4, 5)]
+    assert _passes([100, 3, 3], 64, 50) == [[0], [1, 2]]
+    # no token bound (the DeepSpeed learner, whose ranks must run as many passes as each other): fewest passes
+    assert len(_passes([3, 9, 1, 4, 7], 2, None)) == 3
 
 
 def test_auto_logprobs_are_fused_for_a_large_vocabulary_only():

@@ -98,18 +98,24 @@ def grouped_batch(groups=4, size=4, prompt_len=6, seed=0) -> TrainBatch:
 
 def test_a_learner_step_with_shared_prompts_equals_the_step_without():
     batch = grouped_batch()
-    states, stats = [], []
+    grads, states, stats = [], [], []
     for share in (True, False):
         cfg = resolve_config("grpo-ba", None, ["learner.device=cpu", "optim.lr=1e-3", f"learner.share_prompts={share}",
                                                "learner.micro_batch_size=8", "algo.tis_cap=2.0"])
         learner = Learner(cfg)
+        learner.accumulate_gradients(batch)
+        grads.append([p.grad.clone() for p in learner.params])
+        learner.optimizer.zero_grad(set_to_none=True)
         stats.append(learner.train_step(batch))
         states.append(learner.state_dict())
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
     for key in ("learner/pg_loss", "learner/grad_norm", "learner/entropy"):
         assert stats[0][key] == pytest.approx(stats[1][key], rel=1e-4, abs=1e-6), key
     for name in states[0]:
-        # Adam divides by sqrt(v): a 1e-6 relative gradient difference moves a weight by well under 1% of lr
-        torch.testing.assert_close(states[0][name], states[1][name], atol=1e-5, rtol=0)
+        # Adam's first step moves a weight by lr * g / (|g| + eps): about lr whatever |g| is, except where |g| is
+        # near eps, and there a float-rounding difference in g moves it by a few % of lr
+        torch.testing.assert_close(states[0][name], states[1][name], atol=5e-5, rtol=0)
 
 
 def test_gradient_checkpointing_runs_rows_whole_and_still_learns():

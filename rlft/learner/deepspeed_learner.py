@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from rlft.learner.learner import Learner, merge_stats
 from rlft.lora import export_peft_adapter, save_merged
-from rlft.learner.micro_batches import micro_batch_slices
+from rlft.learner.micro_batches import micro_batch_rows
 from rlft.models.loading import resolve_model_path
 from rlft.learner.types import TrainBatch
 
@@ -71,9 +71,9 @@ class DeepSpeedLearner(Learner):
         # prompt would run two where another runs one, and the collectives would wait for ever
         self.share_prompts = False
 
-    def _micro_batches(self, batch: TrainBatch) -> list[slice]:
+    def _micro_batches(self, batch: TrainBatch) -> list[torch.Tensor]:
         # every rank must run as many forwards and backwards as the others (ZeRO's collectives): rows only
-        return micro_batch_slices(batch.attention_mask, self.cfg.learner.micro_batch_size, None)
+        return micro_batch_rows(batch.attention_mask, self.cfg.learner.micro_batch_size, None)
 
     def _full_parameters(self):
         """Every parameter whole on every rank for the block (ZeRO-3 partitions them; collective)."""

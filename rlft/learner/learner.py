@@ -11,7 +11,7 @@ import torch
 
 from rlft.learner.logprobs import token_logprobs, use_fused_logprobs
 from rlft.learner.loss import micro_batch_loss
-from rlft.learner.micro_batches import micro_batch_slices
+from rlft.learner.micro_batches import micro_batch_rows
 from rlft.learner.neuzip import NeuZip
 from rlft.learner.shared_prompts import shared_prompt_logprobs
 from rlft.lora import apply_lora, export_peft_adapter, lora_before_step, merged_state_dict, save_merged
@@ -82,9 +82,9 @@ class Learner:
             out[rows, : logprobs.shape[1]] = logprobs
         return out
 
-    def _micro_batches(self, batch: TrainBatch) -> list[slice]:
+    def _micro_batches(self, batch: TrainBatch) -> list[torch.Tensor]:
         ln = self.cfg.learner
-        return micro_batch_slices(batch.attention_mask, ln.micro_batch_size, ln.max_tokens_per_micro_batch)
+        return micro_batch_rows(batch.attention_mask, ln.micro_batch_size, ln.max_tokens_per_micro_batch)
 
     def reference_logprobs(self, batch: TrainBatch) -> torch.Tensor:
         """[N, L] log-probs of the frozen reference on CPU (algo.kl_mode 'reward': charged before advantages;
