@@ -409,6 +409,11 @@ class RayConfig(Section):
     torch_threads: int | None = Field(
         None, ge=1, description="torch threads per actor (default: all cores; half of them with train.mode=async)"
     )
+    lend_idle_cores: bool = Field(
+        True, description="train.mode=async on a CPU with ray.torch_threads unset, one built-in-engine rollout worker: "
+        "while the learner idles, the rollout worker uses its cores too, back to half within an engine step of the "
+        "learner starting (rlft.pipeline.process.LearnerBusy; metric rollout/borrowed_core_steps)",
+    )
 
 
 class RLConfig(Section):

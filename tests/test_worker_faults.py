@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import ray
+import torch
 
 from rlft.rollout.streaming import GroupStream, StaleWeights, WorkerWatch, score_groups, wait_until_serving
 from rlft.rollout.types import SamplingParams
@@ -133,6 +134,39 @@ def test_rollout_worker_restarted_between_calls_is_caught_by_its_weights_version
     watch = WorkerWatch(revive=_revive_with("current", 3), weights_version=3)
     groups = GroupStream([worker], [PARTS[0]], PARAMS, watch=watch).collect()
     assert all(g[0]["text"].endswith("-current") for g in groups) and watch.counts["restarts"] == 1
+
+
+def test_learner_restarted_while_idle_refuses_the_update_and_the_save_of_the_run(local_ray, tmp_path):
+    from rlft.config import resolve_config
+    from rlft.learner.types import TrainBatch
+    from rlft.pipeline.actors import LearnerWorker
+    from rlft.pipeline.faults import LearnerLost, learner_get
+
+    cfg = resolve_config("grpo-ba", None, ["learner.device=cpu", "ray.torch_threads=1"])
+    learner = ray.remote(max_restarts=1)(LearnerWorker).remote(cfg)
+    life = ray.get(learner.incarnation.remote())
+    n, width = 4, 6
+    mask = torch.ones(n, width)
+    mask[:, :3] = 0  # 3 prompt tokens, 3 response tokens
+    batch = TrainBatch(tokens=torch.randint(3, 20, (n, width)), attention_mask=torch.ones(n, width, dtype=torch.long),
+                       response_mask=mask, rollout_logprobs=torch.zeros(n, width), advantages=torch.tensor([1., -1, 1, -1]),
+                       weights=torch.full((n,), 1 / 12), token_weights=torch.full((n,), 1 / 12),
+                       minibatch=torch.zeros(n, dtype=torch.long))
+    assert "learner/pg_loss" in learner_get(learner.train_step.remote(batch, life), learner, "learner step", 120)
+    stepped = ray.get(learner.__ray_call__.remote(lambda self: self.state_dict()))
+    os.kill(ray.get(learner.__ray_call__.remote(lambda self: os.getpid())), signal.SIGKILL)  # while idle
+    wait_until_serving(learner, "the learner", 120)
+    with pytest.raises(LearnerLost, match="restarted while idle .* learner step"):
+        learner_get(learner.train_step.remote(batch, life), learner, "learner step", 120)
+    with pytest.raises(LearnerLost, match="checkpoint save"):
+        learner_get(learner.save.remote(str(tmp_path / "ckpt"), life), learner, "checkpoint save", 120)
+    assert not (tmp_path / "ckpt").exists()
+    # the refused step left the restarted learner as it started (its weights are the initial ones, not the run's)
+    fresh = ray.get(learner.__ray_call__.remote(lambda self: self.state_dict()))
+    assert ray.get(learner.incarnation.remote()) != life
+    assert any(not torch.equal(fresh[k], stepped[k]) for k in fresh)  # not the first incarnation's weights
+    assert "learner/pg_loss" in learner_get(learner.train_step.remote(batch, ray.get(learner.incarnation.remote())),
+                                            learner, "learner step", 120)
 
 
 def test_lost_learner_rolls_back_to_the_last_checkpoint_then_stops_past_max_restarts(tmp_path, monkeypatch):

@@ -130,14 +130,20 @@ class Trainer:
                 self.watch.restarted(worker, f"rollout worker {i}", "weight sync", e)
 
     def _check_learner(self) -> None:
-        """Ray restarts a learner killed while it idles without anyone noticing; it then holds the initial
-        weights, so the driver compares its incarnation before each update."""
+        """Learn which start of the learner process holds the run's state: Ray restarts a learner killed while it
+        idles without anyone noticing, and it then holds the initial weights, so every update and save names
+        this incarnation and a restarted learner refuses them (LearnerWorker._expect -> LearnerLost)."""
+        if not isinstance(self.learner, LearnerGroup):
+            self.learner_life = learner_get(self.learner.incarnation.remote(), self.learner, "learner check",
+                                            self.cfg.train.worker_timeout_s)
+
+    def _expected(self) -> tuple:
+        """The incarnation argument of the learner's train_step and save (a DeepSpeed LearnerGroup takes none)."""
         if isinstance(self.learner, LearnerGroup):
-            return
-        life = learner_get(self.learner.incarnation.remote(), self.learner, "learner check", self.cfg.train.worker_timeout_s)
-        if self.learner_life is not None and life != self.learner_life:
-            raise LearnerLost("the rollout phase", "was restarted (killed while idle)")
-        self.learner_life = life
+            return ()
+        if self.learner_life is None:
+            self._check_learner()
+        return (self.learner_life,)
 
     def revive(self, actor, phase: str) -> None:
         """A worker Ray restarted: wait until it serves; a rollout worker then gets the current weights."""
@@ -189,7 +195,6 @@ class Trainer:
         t2 = time.perf_counter()
         self.state["rollout"] = merge_engine_stats(self.state.get("rollout", {}), drawn.engine)
         if len(groups):
-            self._check_learner()
             timeout = cfg.train.worker_timeout_s
             batch, batch_metrics = build_step_batch(  # advantages, once (after a KL reward penalty)
                 groups, cfg.algo, r.max_new_tokens, self.tokenizer.pad_token_id,
@@ -200,7 +205,7 @@ class Trainer:
             correct = groups.rewards >= cfg.train.eval_accuracy_threshold  # lengths and weights of right/wrong
             lengths = batch.response_mask.sum(dim=1).view_as(correct)
             metrics.update(weight_statistics(batch.weights, batch.advantages, lengths, correct))
-            metrics.update(learner_get(self.learner.train_step.remote(batch), self.learner, "learner step", timeout))
+            metrics.update(learner_get(self.learner.train_step.remote(batch, *self._expected()), self.learner, "learner step", timeout))
             t3 = time.perf_counter()
             if self.rollouts is None:  # async: the next draw loads the weights itself
                 self.sync_weights()
@@ -233,7 +238,7 @@ class Trainer:
 
     def save(self, step: int) -> Path:
         tmp = ckpt.staging_dir(self.run_dir, step)
-        learner_get(self.learner.save.remote(str(tmp)), self.learner, "checkpoint save", self.cfg.train.worker_timeout_s)
+        learner_get(self.learner.save.remote(str(tmp), *self._expected()), self.learner, "checkpoint save", self.cfg.train.worker_timeout_s)
         self.tokenizer.save_pretrained(tmp)
         if self.rollouts is not None:  # async: the draws in flight were made by older weights; keep them
             torch.save(self.rollouts.wait(), tmp / IN_FLIGHT)

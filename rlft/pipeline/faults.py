@@ -21,9 +21,14 @@ log = logging.getLogger("rlft")
 class LearnerLost(Exception):
     """The learner died or passed its deadline during `phase`."""
 
-    def __init__(self, phase: str, why: str):
-        super().__init__(f"the learner {why} during {phase}")
+    def __init__(self, phase: str, why: str, when: str = "during"):
+        super().__init__(f"the learner {why} {when} {phase}")
         self.phase = phase
+
+
+class LearnerRestarted(Exception):
+    """Raised by a learner asked to update or save on behalf of an earlier start of its process: Ray restarted
+    it (killed while idle) and it holds the initial weights, not the run's."""
 
 
 def learner_get(ref, learner, phase: str, timeout_s: float | None):
@@ -35,5 +40,7 @@ def learner_get(ref, learner, phase: str, timeout_s: float | None):
         if hasattr(learner, "_actor_id"):  # a single actor (a DeepSpeed LearnerGroup is not restarted)
             ray.kill(learner, no_restart=False)
         raise LearnerLost(phase, f"gave no reply in {timeout_s:.0f} s") from None
+    except LearnerRestarted:
+        raise LearnerLost(phase, "was restarted while idle (killed), found at", when="the") from None
     except WORKER_LOST as e:
         raise LearnerLost(phase, f"died ({type(e).__name__})") from None

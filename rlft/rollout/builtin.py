@@ -63,7 +63,8 @@ class BuiltinEngine:
     hold, see rlft.rollout.scheduler). `prefill_tokens` caps the padded tokens of one
     prefill forward (default: 2048 on CPU, 16384 on GPU). `stats()` describes the last call (decode steps,
     peak KV bytes, length-prediction error; rlft.rollout.types.ENGINE_STATS); `length_predictions` holds
-    its (predicted, actual) lengths.
+    its (predicted, actual) lengths. `before_step`, if given, is called before each engine step (admissions,
+    prefill and one decode; the rollout worker picks its thread count there).
     """
 
     def __init__(
@@ -78,6 +79,7 @@ class BuiltinEngine:
         prefill_tokens: int | None = None,
         logits_processor: LogitsProcessor | None = None,
         kv_budget_tokens: int | None = None,
+        before_step: Callable[[], None] | None = None,
     ):
         if scheduling not in ("full", "micro", "infinite"):
             raise UserError(f"rollout.scheduling must be 'full', 'micro' or 'infinite', got {scheduling!r}")
@@ -86,6 +88,7 @@ class BuiltinEngine:
         self.max_slots, self.scheduling, self.micro_group_size = max_slots, scheduling, micro_group_size
         self.probe_tokens = probe_tokens
         self.kv_budget_tokens = kv_budget_tokens
+        self.before_step = before_step
         self.logits_processor = logits_processor
         param = next(model.parameters())
         self.device = param.device
@@ -153,6 +156,8 @@ class BuiltinEngine:
         running: list[_Sample] = []
         step = 0
         while not sched.done:
+            if self.before_step is not None:
+                self.before_step()
             finished: list[_Sample] = []
             changed = True
             while changed:  # a sample may end on its first token, which frees its slot before the step

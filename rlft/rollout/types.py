@@ -50,10 +50,10 @@ ENGINE_STATS: dict[str, tuple[str, str]] = {
     "reserved_kv_blocks": ("max", "reserved_kv_bytes in KV blocks"),
     "reserved_kv_bytes": ("max", "KV bytes one worker would reserve to run the call without preemption "
                                  "(open prompts, parked probes, max_new_tokens per slot)"),
-    "kv_capacity_bytes": ("max", "KV-cache bytes one worker holds for the call (vLLM: its preallocated cache)"),
-    "requests": ("sum", "vLLM requests submitted (a sample past its probe split is two)"),
     "kv_capacity_bytes": ("max", "KV bytes the engine's pool can hold in one worker (vLLM: its sized cache)"),
     "requests": ("sum", "generation requests sent to the engine (vLLM: a probe and its continuation are two)"),
+    "borrowed_core_steps": ("sum", "engine steps a rollout worker ran on the idle learner's cores too "
+                                   "(ray.lend_idle_cores)"),
     "length_predictions": ("sum", "length predictions the scheduler acted on whose sample then finished"),
     "length_pred_abs_log_error": ("length_predictions", "mean |ln predicted - ln actual length| of those "
                                                         "predictions (0.1: about 10 % off)"),
