@@ -411,8 +411,9 @@ class RayConfig(Section):
     )
     lend_idle_cores: bool = Field(
         True, description="train.mode=async on a CPU with ray.torch_threads unset, one built-in-engine rollout worker: "
-        "while the learner idles, the rollout worker uses its cores too, back to half within an engine step of the "
-        "learner starting (rlft.pipeline.process.LearnerBusy; metric rollout/borrowed_core_steps)",
+        "while the learner or the rollout worker idles, the other uses its cores too, back to half within an engine "
+        "step or a learner pass of it starting (rlft.pipeline.process.CoreShare; metrics rollout/borrowed_core_steps, "
+        "learner/borrowed_core_passes)",
     )
 
 

@@ -1,5 +1,5 @@
-"""ray.lend_idle_cores: in async mode on a CPU the rollout worker uses the learner's cores while the learner
-idles, and only its own share while the learner computes."""
+"""ray.lend_idle_cores: in async mode on a CPU the learner and the rollout worker each use the other's cores
+while the other idles, and only their own share while it computes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rlft.config import resolve_config
-from rlft.pipeline.process import LearnerBusy, lends_idle_cores
+from rlft.pipeline.process import CoreShare, lends_idle_cores
 from rlft.rollout.types import SamplingParams
 
 ASYNC = ["train.mode=async", "algo.tis_cap=2.0"]
@@ -18,7 +18,7 @@ ASYNC = ["train.mode=async", "algo.tis_cap=2.0"]
 @pytest.fixture
 def flag(tmp_path):
     path = tmp_path / "busy"
-    path.write_bytes(b"\0")
+    path.write_bytes(b"\0\0")
     return str(path)
 
 
@@ -37,26 +37,41 @@ def test_lending_applies_to_async_cpu_runs_with_automatic_threads_and_one_builti
     assert not lends_idle_cores(resolve_config("grpo-ba", None, ASYNC), on_gpu=True)
 
 
-def test_the_flag_is_seen_through_another_mapping_and_cleared_however_the_block_ends(flag):
-    writer, reader = LearnerBusy(flag), LearnerBusy(flag)
-    with writer.held():
-        assert reader.is_set()
-    assert not reader.is_set()
-    with pytest.raises(RuntimeError), writer.held():
-        raise RuntimeError("a step that fails")
-    assert not reader.is_set()
-    assert LearnerBusy.open(None) is None and LearnerBusy.open(flag + "-on-another-node") is None
+def test_each_side_sees_the_others_mark_cleared_however_its_block_ends(flag):
+    learner, rollout = CoreShare(flag, CoreShare.LEARNER, 1), CoreShare(flag, CoreShare.ROLLOUT, 1)
+    with learner.busy():
+        assert rollout.other_busy() and not learner.other_busy()
+    assert not rollout.other_busy()
+    with pytest.raises(RuntimeError), rollout.busy():
+        assert learner.other_busy()
+        raise RuntimeError("a draw that fails")
+    assert not learner.other_busy()
+    assert CoreShare.open(None, 0, 1) is None and CoreShare.open(flag + "-on-another-node", 0, 1) is None
 
 
-def test_the_learner_is_busy_exactly_while_it_steps(flag, monkeypatch):
-    from rlft.learner.learner import Learner
+def test_the_learner_marks_its_step_and_borrows_for_the_passes_the_rollout_idles(flag, threads):
+    from rlft.learner.types import TrainBatch
     from rlft.pipeline.actors import LearnerWorker
 
+    rollout = CoreShare(flag, CoreShare.ROLLOUT, 1)
+    worker = LearnerWorker(resolve_config("grpo-ba", None, ASYNC + ["learner.device=cpu",
+                                                                    "learner.max_tokens_per_micro_batch=8"]), flag)
     seen = []
-    monkeypatch.setattr(Learner, "train_step", lambda self, batch: seen.append(LearnerBusy(flag).is_set()) or {})
-    worker = LearnerWorker(resolve_config("grpo-ba", None, ASYNC + ["learner.device=cpu"]), flag)
-    worker.train_step(None, worker.life)
-    assert seen == [True] and not LearnerBusy(flag).is_set()
+    worker.before_pass = lambda: (seen.append(rollout.other_busy()), worker.cores.pick_threads())
+    n, width = 4, 6
+    mask = torch.zeros(n, width)
+    mask[:, 3:] = 1  # 3 prompt tokens, 3 response tokens: 8 padded tokens a pass -> one row a pass
+    batch = TrainBatch(tokens=torch.randint(3, 20, (n, width)), attention_mask=torch.ones(n, width, dtype=torch.long),
+                       response_mask=mask, rollout_logprobs=torch.zeros(n, width), advantages=torch.tensor([1., -1, 1, -1]),
+                       weights=torch.full((n,), 1 / 12), token_weights=torch.full((n,), 1 / 12),
+                       minibatch=torch.zeros(n, dtype=torch.long))
+    metrics = worker.train_step(batch, worker.life)
+    assert seen == [True] * 4 and not rollout.other_busy()  # marked for the whole step, cleared after
+    expect_borrowed = 4 if (os.cpu_count() or 1) > 1 else 0
+    assert metrics["learner/borrowed_core_passes"] == expect_borrowed
+    with rollout.busy():
+        assert worker.train_step(batch, worker.life)["learner/borrowed_core_passes"] == 0
+        assert torch.get_num_threads() == worker.cores.own_threads
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: nothing to lend")
@@ -64,12 +79,12 @@ def test_rollout_worker_borrows_the_idle_learners_cores_and_gives_them_back_when
     from rlft.pipeline.actors import RolloutWorker
 
     worker = RolloutWorker(resolve_config("grpo-ba", None, ASYNC), 0, flag)
-    assert worker.own_threads == (os.cpu_count() or 1) // 2
+    assert worker.cores.own_threads == (os.cpu_count() or 1) // 2
     prompts = [worker.tokenizer(f"{i}{i}+{i}=")["input_ids"] for i in range(1, 5)]
     params = SamplingParams(n=4, temperature=1.0, max_new_tokens=8, seed=3)
     stats = list(worker.stream(prompts, params))[-1][1]
     assert stats["borrowed_core_steps"] == stats["decode_steps"] > 0  # every engine step
     assert torch.get_num_threads() == os.cpu_count()
-    with LearnerBusy(flag).held():
+    with CoreShare(flag, CoreShare.LEARNER, 1).busy():
         stats = list(worker.stream(prompts, params))[-1][1]
-        assert stats["borrowed_core_steps"] == 0 and torch.get_num_threads() == worker.own_threads
+        assert stats["borrowed_core_steps"] == 0 and torch.get_num_threads() == worker.cores.own_threads

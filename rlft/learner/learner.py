@@ -6,6 +6,7 @@ import math
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -60,6 +61,7 @@ class Learner:
             self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
         )
         self.optimizer_steps = 0
+        self.before_pass = None  # called before each micro-batch pass (the learner actor picks its threads there)
 
     def _logprobs(self, model, part: TrainBatch, with_entropy: bool = False):
         fused = self.fused_logprobs
@@ -82,9 +84,13 @@ class Learner:
             out[rows, : logprobs.shape[1]] = logprobs
         return out
 
-    def _micro_batches(self, batch: TrainBatch) -> list[torch.Tensor]:
+    def _micro_batches(self, batch: TrainBatch) -> Iterator[torch.Tensor]:
+        """The row indices of each forward/backward pass; `before_pass` (if set) runs before each."""
         ln = self.cfg.learner
-        return micro_batch_rows(batch.attention_mask, ln.micro_batch_size, ln.max_tokens_per_micro_batch)
+        for rows in micro_batch_rows(batch.attention_mask, ln.micro_batch_size, ln.max_tokens_per_micro_batch):
+            if self.before_pass is not None:
+                self.before_pass()
+            yield rows
 
     def reference_logprobs(self, batch: TrainBatch) -> torch.Tensor:
         """[N, L] log-probs of the frozen reference on CPU (algo.kl_mode 'reward': charged before advantages;

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import uuid
 
 import ray
@@ -13,7 +12,7 @@ from rlft.learner.learner import Learner
 from rlft.models.loading import load_causal_lm, load_tokenizer, pick_device
 from rlft.pipeline.faults import LearnerRestarted
 from rlft.pipeline.learner_group import LearnerGroup
-from rlft.pipeline.process import LearnerBusy, lends_idle_cores, peak_rss_bytes, set_torch_threads, torch_threads
+from rlft.pipeline.process import CoreShare, lends_idle_cores, peak_rss_bytes, set_torch_threads, torch_threads
 from rlft.reward.scorer import RewardScorer
 from rlft.rollout.streaming import StaleWeights
 from rlft.rollout.types import SamplingParams
@@ -22,13 +21,12 @@ from rlft.rollout.types import SamplingParams
 class RolloutWorker:
     """Owns a generation engine over its copy of the policy; receives new weights each step."""
 
-    def __init__(self, cfg, index: int, learner_busy: str | None = None):
+    def __init__(self, cfg, index: int, core_share: str | None = None):
         set_torch_threads(cfg)
         self.cfg = cfg
         self.index = index
         # ray.lend_idle_cores: every core while the learner idles, this worker's share while it computes
-        self.learner_busy = LearnerBusy.open(learner_busy)
-        self.own_threads, self.borrowed_steps = torch_threads(cfg), 0
+        self.cores = CoreShare.open(core_share, CoreShare.ROLLOUT, torch_threads(cfg))
         self.tokenizer = load_tokenizer(cfg.model)
         self.weights_version = 0  # the initial weights; the driver numbers each weight sync
         r = cfg.rollout
@@ -44,14 +42,7 @@ class RolloutWorker:
             self.engine = BuiltinEngine(model, self.tokenizer, max_slots=r.max_slots, scheduling=r.scheduling,
                                         micro_group_size=r.micro_group_size, probe_tokens=r.length_probe_tokens,
                                         kv_budget_tokens=r.kv_budget_tokens,
-                                        before_step=self._pick_threads if self.learner_busy else None)
-
-    def _pick_threads(self) -> None:
-        """Before each engine step: all cores while the learner idles, this worker's share while it computes."""
-        threads = self.own_threads if self.learner_busy.is_set() else os.cpu_count() or 1
-        if threads != torch.get_num_threads():
-            torch.set_num_threads(threads)
-        self.borrowed_steps += threads > self.own_threads
+                                        before_step=self.cores.pick_threads if self.cores else None)
 
     def stream(self, prompt_ids: list[list[int]], params: SamplingParams, weights_version: int | None = None):
         """A Ray streaming generator: ([indices in `prompt_ids`], [groups as dicts]) the moment an engine step
@@ -61,10 +52,12 @@ class RolloutWorker:
         if weights_version is not None and weights_version != self.weights_version:
             raise StaleWeights(f"rollout worker {self.index} holds weights version {self.weights_version}, "
                                f"expected {weights_version} (it was restarted)")
-        self.borrowed_steps = 0
-        for batch in self.engine.generate_group_batches(prompt_ids, params):
-            yield [index for index, _ in batch], [[vars(c) for c in group] for _, group in batch]
-        lent = {"borrowed_core_steps": float(self.borrowed_steps)} if self.learner_busy else {}
+        with self.cores.busy() if self.cores else contextlib.nullcontext():
+            if self.cores:
+                self.cores.borrowed = 0
+            for batch in self.engine.generate_group_batches(prompt_ids, params):
+                yield [index for index, _ in batch], [[vars(c) for c in group] for _, group in batch]
+        lent = {"borrowed_core_steps": float(self.cores.borrowed)} if self.cores else {}
         yield None, {**self.engine.stats(), **lent}
 
     def load_weights(self, state: dict[str, torch.Tensor], version: int = 0) -> None:
@@ -100,11 +93,14 @@ class RewardWorker:
 class LearnerWorker(Learner):
     """The learner in its own process (see rlft.learner.learner.Learner)."""
 
-    def __init__(self, cfg, learner_busy: str | None = None):
+    def __init__(self, cfg, core_share: str | None = None):
         set_torch_threads(cfg)
         super().__init__(cfg)
         self.life = uuid.uuid4().hex  # a new one each time Ray restarts the process
-        self.busy = LearnerBusy.open(learner_busy)  # ray.lend_idle_cores: set while a step computes
+        # ray.lend_idle_cores: every core for a pass while the rollout worker idles, half while it generates
+        self.cores = CoreShare.open(core_share, CoreShare.LEARNER, torch_threads(cfg))
+        if self.cores:
+            self.before_pass = self.cores.pick_threads
 
     def incarnation(self) -> str:
         """Which start of this actor answers: a change means Ray restarted it (with the initial weights)."""
@@ -118,11 +114,15 @@ class LearnerWorker(Learner):
         """`Learner.train_step`, refused (LearnerRestarted) unless this is the start the driver trusts: checked
         here rather than by a call before it, so the check costs no round trip and leaves no window between."""
         self._expect(incarnation)
-        with self.busy.held() if self.busy else contextlib.nullcontext():
+        if not self.cores:
             return super().train_step(batch)
+        with self.cores.busy():
+            self.cores.borrowed = 0
+            metrics = super().train_step(batch)
+        return {**metrics, "learner/borrowed_core_passes": float(self.cores.borrowed)}
 
     def reference_logprobs(self, batch):
-        with self.busy.held() if self.busy else contextlib.nullcontext():
+        with self.cores.busy() if self.cores else contextlib.nullcontext():
             return super().reference_logprobs(batch)
 
     def save(self, path: str, incarnation: str | None = None) -> None:
@@ -146,12 +146,12 @@ def start_actors(cfg) -> tuple[list, list, object]:
     restarts = cfg.train.max_restarts
     rollout_cls = ray.remote(num_cpus=0, num_gpus=rollout_gpus, max_restarts=restarts)(RolloutWorker)
     reward_cls = ray.remote(num_cpus=0, max_restarts=restarts)(RewardWorker)
-    # ray.lend_idle_cores: a flag file the learner sets while it computes (rlft.pipeline.process.LearnerBusy)
-    busy = LearnerBusy.create() if lends_idle_cores(cfg, on_gpu=bool(rollout_gpus or learner_gpus)) else None
-    rollout = [rollout_cls.remote(cfg, i, busy) for i in range(cfg.rollout.num_workers)]
+    # ray.lend_idle_cores: a file where the learner and the rollout worker mark when they compute (CoreShare)
+    share = CoreShare.create() if lends_idle_cores(cfg, on_gpu=bool(rollout_gpus or learner_gpus)) else None
+    rollout = [rollout_cls.remote(cfg, i, share) for i in range(cfg.rollout.num_workers)]
     rewards = [reward_cls.remote(cfg) for _ in range(cfg.reward.num_workers)]
     if cfg.learner.backend == "deepspeed":
         learner = LearnerGroup(cfg, learner_gpus)
     else:
-        learner = ray.remote(num_cpus=0, num_gpus=learner_gpus, max_restarts=restarts)(LearnerWorker).remote(cfg, busy)
+        learner = ray.remote(num_cpus=0, num_gpus=learner_gpus, max_restarts=restarts)(LearnerWorker).remote(cfg, share)
     return rollout, rewards, learner

@@ -1,4 +1,4 @@
-"""What every actor process does for itself: its torch threads (and the cores the learner lends while it
+"""What every actor process does for itself: its torch threads (and the cores it borrows while another
 idles) and its peak memory."""
 
 from __future__ import annotations
@@ -30,48 +30,60 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-class LearnerBusy:
-    """A one-byte flag in a file the learner and a rollout worker on the same machine both map: set while the
-    learner computes. Async mode on a CPU gives each of them half the cores; a rollout worker reads the flag
-    before each engine step and, while the learner idles (its step done before the next batch is drawn), uses
-    the learner's cores too (`ray.lend_idle_cores`). Two actors each spinning threads on every core slow both
-    down several times over, so the borrow ends within one engine step of the learner starting again."""
+class CoreShare:
+    """Async mode on a CPU gives the learner and the rollout worker half the cores each; while one of them
+    idles, the other uses its cores too (`ray.lend_idle_cores`). Each marks the time it computes in its own
+    byte of a file both map (same machine: `create` makes it, `open` finds it); before each unit of work (an
+    engine step, a learner micro-batch pass) each reads the other's byte and sets its torch threads. Two
+    actors each spinning threads on every core slow both down several times over, so a borrow ends with the
+    unit it was taken for: one engine step (tens of ms), one learner pass."""
 
-    def __init__(self, path: str):
+    LEARNER, ROLLOUT = 0, 1
+
+    def __init__(self, path: str, role: int, own_threads: int):
         self._file = open(path, "r+b")
-        self._map = mmap.mmap(self._file.fileno(), 1)
+        self._map = mmap.mmap(self._file.fileno(), 2)
+        self.role, self.own_threads = role, own_threads
+        self.borrowed = 0  # units of work run on the other's cores too
 
     @staticmethod
     def create() -> str:
-        """A new flag file (cleared), removed when this process exits; its path is what the actors open."""
-        fd, path = tempfile.mkstemp(prefix="rlft-learner-busy-")
-        os.write(fd, b"\0")
+        """A new file (both bytes clear), removed when this process exits; its path is what the actors open."""
+        fd, path = tempfile.mkstemp(prefix="rlft-core-share-")
+        os.write(fd, b"\0\0")
         os.close(fd)
         atexit.register(lambda: os.path.exists(path) and os.unlink(path))
         return path
 
     @staticmethod
-    def open(path: str | None) -> "LearnerBusy | None":
-        """The flag at `path`; None without one, or where the file is not on this machine (an actor on another
-        node of a Ray cluster shares no cores with the learner)."""
-        return LearnerBusy(path) if path and os.path.exists(path) else None
+    def open(path: str | None, role: int, own_threads: int) -> "CoreShare | None":
+        """The share at `path`; None without one, or where the file is not on this machine (an actor on another
+        node of a Ray cluster shares no cores with this one)."""
+        return CoreShare(path, role, own_threads) if path and os.path.exists(path) else None
 
-    def is_set(self) -> bool:
-        return self._map[0] == 1
+    def other_busy(self) -> bool:
+        return self._map[1 - self.role] == 1
+
+    def pick_threads(self) -> None:
+        """Before a unit of work: every core while the other idles, this actor's share while it computes."""
+        threads = self.own_threads if self.other_busy() else os.cpu_count() or 1
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
+        self.borrowed += threads > self.own_threads
 
     @contextlib.contextmanager
-    def held(self):
-        """Set for the length of the block (cleared however it ends)."""
-        self._map[0] = 1
+    def busy(self):
+        """This actor computes for the length of the block (cleared however it ends)."""
+        self._map[self.role] = 1
         try:
             yield
         finally:
-            self._map[0] = 0
+            self._map[self.role] = 0
 
 
 def lends_idle_cores(cfg, on_gpu: bool) -> bool:
-    """Whether the learner lends its cores to the rollout worker while it idles: async mode with automatic
-    thread counts on a CPU, one built-in-engine rollout worker and the single-process learner (otherwise the
-    cores are not the learner's alone to lend, or the engine manages its own threads)."""
+    """Whether the learner and the rollout worker lend each other their cores while they idle (CoreShare):
+    async mode with automatic thread counts on a CPU, one built-in-engine rollout worker and the single-process
+    learner (otherwise the cores are not theirs alone to lend, or the engine manages its own threads)."""
     return (cfg.ray.lend_idle_cores and cfg.train.mode == "async" and cfg.ray.torch_threads is None and not on_gpu
             and cfg.rollout.num_workers == 1 and cfg.rollout.engine == "builtin" and cfg.learner.backend == "torch")
