@@ -30,11 +30,31 @@ def threads():
 
 
 def test_lending_applies_to_async_cpu_runs_with_automatic_threads_and_one_builtin_rollout_worker():
-    assert lends_idle_cores(resolve_config("grpo-ba", None, ASYNC), on_gpu=False)
+    cpu = ["rollout.device=cpu", "learner.device=cpu"]
+    assert lends_idle_cores(resolve_config("grpo-ba", None, ASYNC + cpu))
     for off in (["train.mode=sync"], ASYNC + ["ray.torch_threads=1"], ASYNC + ["ray.lend_idle_cores=false"],
-                ASYNC + ["rollout.num_workers=2"], ASYNC + ["rollout.engine=vllm"]):
-        assert not lends_idle_cores(resolve_config("grpo-ba", None, off), on_gpu=False), off
-    assert not lends_idle_cores(resolve_config("grpo-ba", None, ASYNC), on_gpu=True)
+                ASYNC + ["rollout.num_workers=2"], ASYNC + ["rollout.engine=vllm"], ASYNC + ["learner.device=cuda"]):
+        assert not lends_idle_cores(resolve_config("grpo-ba", None, cpu + off)), off
+
+
+def test_the_rollout_side_is_busy_from_a_draws_submission_until_the_last_draw_ends():
+    import threading
+
+    from rlft.pipeline.async_rollout import Draw, RolloutQueue
+
+    marks, release = [], threading.Event()
+
+    def draw(step, version):
+        release.wait(30)
+        return Draw(step, version, None, {}, {}, {}, {})
+
+    q = RolloutQueue(draw, lambda weights: None, max_staleness=1, last_step=3, mark_busy=marks.append)
+    q.fill(1, lambda: "w", 0)  # steps 1 and 2 submitted: busy once, not twice
+    assert marks == [True]
+    release.set()
+    assert [d.step for d in q.wait()] == [1, 2]
+    q.close(wait=True)
+    assert marks == [True, False]
 
 
 def test_each_side_sees_the_others_mark_cleared_however_its_block_ends(flag):

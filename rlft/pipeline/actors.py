@@ -12,7 +12,7 @@ from rlft.learner.learner import Learner
 from rlft.models.loading import load_causal_lm, load_tokenizer, pick_device
 from rlft.pipeline.faults import LearnerRestarted
 from rlft.pipeline.learner_group import LearnerGroup
-from rlft.pipeline.process import CoreShare, lends_idle_cores, peak_rss_bytes, set_torch_threads, torch_threads
+from rlft.pipeline.process import CoreShare, peak_rss_bytes, set_torch_threads, torch_threads
 from rlft.reward.scorer import RewardScorer
 from rlft.rollout.streaming import StaleWeights
 from rlft.rollout.types import SamplingParams
@@ -52,11 +52,10 @@ class RolloutWorker:
         if weights_version is not None and weights_version != self.weights_version:
             raise StaleWeights(f"rollout worker {self.index} holds weights version {self.weights_version}, "
                                f"expected {weights_version} (it was restarted)")
-        with self.cores.busy() if self.cores else contextlib.nullcontext():
-            if self.cores:
-                self.cores.borrowed = 0
-            for batch in self.engine.generate_group_batches(prompt_ids, params):
-                yield [index for index, _ in batch], [[vars(c) for c in group] for _, group in batch]
+        if self.cores:  # (the driver marks the rollout side busy for the whole draw: CoreShare)
+            self.cores.borrowed = 0
+        for batch in self.engine.generate_group_batches(prompt_ids, params):
+            yield [index for index, _ in batch], [[vars(c) for c in group] for _, group in batch]
         lent = {"borrowed_core_steps": float(self.cores.borrowed)} if self.cores else {}
         yield None, {**self.engine.stats(), **lent}
 
@@ -134,9 +133,9 @@ class LearnerWorker(Learner):
         return max(super().peak_memory_bytes(), peak_rss_bytes())
 
 
-def start_actors(cfg) -> tuple[list, list, object]:
+def start_actors(cfg, core_share: str | None = None) -> tuple[list, list, object]:
     """Rollout workers, reward workers and the learner (an actor, or a LearnerGroup of DeepSpeed ranks
-    called the same way), placed by their devices."""
+    called the same way), placed by their devices; `core_share`: the file of ray.lend_idle_cores (CoreShare)."""
     # vLLM's CPU build and the built-in engine on CPU need no GPU; 'auto' asks for one where the driver sees one
     rollout_gpus = 1 if pick_device(cfg.rollout.device).type == "cuda" else 0
     learner_gpus = 1 if pick_device(cfg.learner.device).type == "cuda" else 0
@@ -146,12 +145,10 @@ def start_actors(cfg) -> tuple[list, list, object]:
     restarts = cfg.train.max_restarts
     rollout_cls = ray.remote(num_cpus=0, num_gpus=rollout_gpus, max_restarts=restarts)(RolloutWorker)
     reward_cls = ray.remote(num_cpus=0, max_restarts=restarts)(RewardWorker)
-    # ray.lend_idle_cores: a file where the learner and the rollout worker mark when they compute (CoreShare)
-    share = CoreShare.create() if lends_idle_cores(cfg, on_gpu=bool(rollout_gpus or learner_gpus)) else None
-    rollout = [rollout_cls.remote(cfg, i, share) for i in range(cfg.rollout.num_workers)]
+    rollout = [rollout_cls.remote(cfg, i, core_share) for i in range(cfg.rollout.num_workers)]
     rewards = [reward_cls.remote(cfg) for _ in range(cfg.reward.num_workers)]
     if cfg.learner.backend == "deepspeed":
         learner = LearnerGroup(cfg, learner_gpus)
     else:
-        learner = ray.remote(num_cpus=0, num_gpus=learner_gpus, max_restarts=restarts)(LearnerWorker).remote(cfg, share)
+        learner = ray.remote(num_cpus=0, num_gpus=learner_gpus, max_restarts=restarts)(LearnerWorker).remote(cfg, core_share)
     return rollout, rewards, learner

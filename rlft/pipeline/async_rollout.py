@@ -40,13 +40,17 @@ class RolloutQueue:
     """Draws steps' batches ahead of the learner, at most `max_staleness` steps ahead, up to `last_step`.
 
     `draw(step, version)` is the synchronous rollout and reward phase; `load_weights(ref)` hands the rollout
-    workers the weights each draw starts from.
+    workers the weights each draw starts from; `mark_busy(True)` is called when a draw is submitted to an idle
+    queue and `mark_busy(False)` when the last one submitted ends (the rollout side's share of the cores:
+    rlft.pipeline.process.CoreShare).
     """
 
     def __init__(self, draw: Callable[[int, int], Draw], load_weights: Callable[[object], None], max_staleness: int,
-                 last_step: int):
+                 last_step: int, mark_busy: Callable[[bool], None] | None = None):
         self._draw, self._load_weights = draw, load_weights
         self.max_staleness, self.last_step = max_staleness, last_step
+        self._mark_busy = mark_busy or (lambda busy: None)
+        self._pending, self._lock = 0, threading.Lock()  # draws submitted and not yet ended
         self._futures: dict[int, Future] = {}
         self._jobs: queue.Queue = queue.Queue()
         # a daemon thread, not an executor: a run stopped mid-draw must not wait for it at exit
@@ -56,13 +60,22 @@ class RolloutQueue:
     def _serve(self) -> None:
         while (job := self._jobs.get()) is not None:
             step, version, weights, future = job
-            if not future.set_running_or_notify_cancel():
-                continue
             try:
-                self._load_weights(weights)
-                future.set_result(self._draw(step, version))
-            except BaseException as e:  # handed to the driver thread, raised where it takes the batch
-                future.set_exception(e)
+                if not future.set_running_or_notify_cancel():
+                    continue
+                try:
+                    self._load_weights(weights)
+                    future.set_result(self._draw(step, version))
+                except BaseException as e:  # handed to the driver thread, raised where it takes the batch
+                    future.set_exception(e)
+            finally:
+                self._ended()
+
+    def _ended(self) -> None:
+        with self._lock:
+            self._pending -= 1
+            if self._pending == 0:
+                self._mark_busy(False)
 
     def fill(self, step: int, weights: Callable[[], object], version: int) -> None:
         """Submit the draws of steps up to `step + max_staleness` not yet submitted, from the weights of
@@ -71,6 +84,10 @@ class RolloutQueue:
         ref = weights() if todo else None
         for j in todo:
             self._futures[j] = Future()
+            with self._lock:
+                self._pending += 1
+                if self._pending == 1:
+                    self._mark_busy(True)
             self._jobs.put((j, version, ref, self._futures[j]))
 
     def take(self, step: int) -> Draw:

@@ -30,6 +30,7 @@ from rlft.pipeline.batch import build_step_batch
 from rlft.pipeline.faults import LearnerLost, learner_get
 from rlft.pipeline.learner_group import LearnerGroup
 from rlft.pipeline.loggers import Trackers
+from rlft.pipeline.process import CoreShare, lends_idle_cores
 from rlft.pipeline.ray_session import close_ray, ray_session
 from rlft.pipeline.report import plot_curves
 from rlft.pipeline.shaping import GroupSampler
@@ -71,7 +72,11 @@ class Trainer:
         context = context_length(cfg.model)  # a prompt must leave room for the response in it
         self.task = build_task(cfg.data, self.tokenizer, cfg.train.seed,
                                None if context is None else context - cfg.rollout.max_new_tokens)
-        self.rollout, self.rewarders, self.learner = start_actors(cfg)
+        # ray.lend_idle_cores: the driver marks the rollout side busy from a draw's submission to its end (the queue
+        # of draws), the learner marks its steps; each borrows the other's cores while it idles (CoreShare)
+        share = CoreShare.create() if lends_idle_cores(cfg) else None
+        self.cores = CoreShare.open(share, CoreShare.ROLLOUT, 0)
+        self.rollout, self.rewarders, self.learner = start_actors(cfg, share)
         self.eval_prompt_ids = [self._tokenize(r["prompt"]) for r in self.task.eval_rows]
         self.state = self._initial_state()
         self.learner_restarts = 0
@@ -284,7 +289,8 @@ class Trainer:
         """Async mode: a fresh queue of draws ahead, holding the draws a restored checkpoint had in flight."""
         if self.rollouts is not None:
             self.rollouts.close(wait=True)  # no two threads may talk to the rollout workers at once
-        self.rollouts = RolloutQueue(self.draw, self.sync_weights, self.cfg.train.max_staleness, self.cfg.train.steps)
+        self.rollouts = RolloutQueue(self.draw, self.sync_weights, self.cfg.train.max_staleness, self.cfg.train.steps,
+                                     self.cores.mark if self.cores else None)
         self.rollouts.restore(self._in_flight)
 
     # --- the loop -----------------------------------------------------------------------------

@@ -32,11 +32,13 @@ def peak_rss_bytes() -> int:
 
 class CoreShare:
     """Async mode on a CPU gives the learner and the rollout worker half the cores each; while one of them
-    idles, the other uses its cores too (`ray.lend_idle_cores`). Each marks the time it computes in its own
-    byte of a file both map (same machine: `create` makes it, `open` finds it); before each unit of work (an
-    engine step, a learner micro-batch pass) each reads the other's byte and sets its torch threads. Two
-    actors each spinning threads on every core slow both down several times over, so a borrow ends with the
-    unit it was taken for: one engine step (tens of ms), one learner pass."""
+    idles, the other uses its cores too (`ray.lend_idle_cores`). A file both map (same machine: `create` makes
+    it, `open` finds it) holds one byte per side, set while that side has work: the learner sets its own for
+    each step; the driver sets the rollout side's from a draw's submission to its end (set before the
+    learner's next step starts, so a learner pass never borrows cores a starting draw is about to take).
+    Before each unit of work (an engine step, a learner micro-batch pass) each side reads the other's byte and
+    sets its torch threads. Two actors each spinning threads on every core slow both down several times over,
+    so a borrow ends with the unit it was taken for: one engine step (tens of ms), one learner pass."""
 
     LEARNER, ROLLOUT = 0, 1
 
@@ -71,19 +73,26 @@ class CoreShare:
             torch.set_num_threads(threads)
         self.borrowed += threads > self.own_threads
 
+    def mark(self, busy: bool) -> None:
+        """This side has work (True) or none (False)."""
+        self._map[self.role] = int(busy)
+
     @contextlib.contextmanager
     def busy(self):
-        """This actor computes for the length of the block (cleared however it ends)."""
-        self._map[self.role] = 1
+        """This side has work for the length of the block (cleared however it ends)."""
+        self.mark(True)
         try:
             yield
         finally:
-            self._map[self.role] = 0
+            self.mark(False)
 
 
-def lends_idle_cores(cfg, on_gpu: bool) -> bool:
+def lends_idle_cores(cfg) -> bool:
     """Whether the learner and the rollout worker lend each other their cores while they idle (CoreShare):
     async mode with automatic thread counts on a CPU, one built-in-engine rollout worker and the single-process
     learner (otherwise the cores are not theirs alone to lend, or the engine manages its own threads)."""
+    from rlft.models.loading import pick_device
+
+    on_gpu = "cuda" in (pick_device(cfg.rollout.device).type, pick_device(cfg.learner.device).type)
     return (cfg.ray.lend_idle_cores and cfg.train.mode == "async" and cfg.ray.torch_threads is None and not on_gpu
             and cfg.rollout.num_workers == 1 and cfg.rollout.engine == "builtin" and cfg.learner.backend == "torch")
