@@ -85,6 +85,10 @@ def _rank_main(rank: int, world_size: int, port: int, cfg, batch, out_dir: str) 
     got = step_save_step_load_step(_Now(DeepSpeedLearner(cfg)), batch, f"{out_dir}/ckpt")
     if rank == 0:
         torch.save(got, f"{out_dir}/result.pt")
+    # leave together and close gloo's threads: a rank exiting while its peer still talks to it can abort
+    # ("terminate called without an active exception", SIGABRT), failing the spawn after the work succeeded
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
