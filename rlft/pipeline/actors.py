@@ -129,6 +129,11 @@ class LearnerWorker(Learner):
         self._expect(incarnation)
         super().save(path)
 
+    def load(self, path: str) -> str:
+        """`Learner.load`; returns this start's incarnation, the one that now holds the run's state."""
+        super().load(path)
+        return self.life
+
     def peak_memory_bytes(self) -> int:
         return max(super().peak_memory_bytes(), peak_rss_bytes())
 

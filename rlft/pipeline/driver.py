@@ -269,13 +269,14 @@ class Trainer:
         return self.save(self.state["step"])
 
     def restore(self, path: Path) -> None:
-        learner_get(self.learner.load.remote(str(path)), self.learner, "checkpoint load", self.cfg.train.worker_timeout_s)
+        loaded = learner_get(self.learner.load.remote(str(path)), self.learner, "checkpoint load",
+                             self.cfg.train.worker_timeout_s)
         self.state = json.loads((path / "trainer_state.json").read_text())
         self.saved_step = self.state["step"]
         self.sampler.load_state_dict(self.state.get("sampler", {}))  # TPO arm statistics survive a resume
         self._in_flight = torch.load(path / IN_FLIGHT, weights_only=False) if (path / IN_FLIGHT).is_file() else []
-        self.learner_life = None if isinstance(self.learner, LearnerGroup) else learner_get(
-            self.learner.incarnation.remote(), self.learner, "checkpoint load", self.cfg.train.worker_timeout_s)
+        # the start of the learner that loaded this state is the one to trust (LearnerWorker.load returns it)
+        self.learner_life = None if isinstance(self.learner, LearnerGroup) else loaded
         predictors = path / "length_predictors.pt"
         if predictors.is_file():
             states = torch.load(predictors, weights_only=False)
@@ -381,13 +382,12 @@ class Trainer:
         else:  # no checkpoint yet: the restarted learner holds the initial weights; so must the rollout workers
             self.state = {**self._initial_state(), "evals": self.state["evals"][:1]}
             self.saved_step = 0
+            self.learner_life = None  # any start of the learner holds these: the next update asks which answers
             self.sync_weights()
             if self.rollouts is not None:
                 self._in_flight = []
                 self._start_rollouts()
         self.state["faults"] = faults
-        self.learner_life = None  # the restarted learner holds the restored state: trust its incarnation
-        self._check_learner()
         self.updating = False
         _truncate_metrics(metrics_path, self.state["step"])
 

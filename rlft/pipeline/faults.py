@@ -21,8 +21,8 @@ log = logging.getLogger("rlft")
 class LearnerLost(Exception):
     """The learner died or passed its deadline during `phase`."""
 
-    def __init__(self, phase: str, why: str, when: str = "during"):
-        super().__init__(f"the learner {why} {when} {phase}")
+    def __init__(self, phase: str, why: str):
+        super().__init__(f"the learner {why} during {phase}")
         self.phase = phase
 
 
@@ -41,6 +41,6 @@ def learner_get(ref, learner, phase: str, timeout_s: float | None):
             ray.kill(learner, no_restart=False)
         raise LearnerLost(phase, f"gave no reply in {timeout_s:.0f} s") from None
     except LearnerRestarted:
-        raise LearnerLost(phase, "was restarted while idle (killed), found at", when="the") from None
+        raise LearnerLost(phase, "was found restarted while idle (killed)") from None
     except WORKER_LOST as e:
         raise LearnerLost(phase, f"died ({type(e).__name__})") from None
