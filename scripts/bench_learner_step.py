@@ -6,12 +6,12 @@
 
 Shapes:
 - `default`: the embedded default step's batch: 32 prompts x 8 samples, prompts of 9 tokens (BOS + "123+456="),
-  responses of 1 to `--response-tokens` tokens, right-padded; the embedded 1.07M model. Cases: whole rows or
-  shared prompts, 64- or 256-row micro-batches.
+  responses of 1 to `--response-tokens` tokens, right-padded; the embedded 1.07M model. Cases: whole rows in 64-
+  or 256-row micro-batches, or packed groups (a prompt once, its responses after it: rlft.learner.packing).
 - `rollout-heavy`: bench_vs_trl's rollout-heavy batch: the random ~31M Qwen2, 4 prompts x 4 samples, prompts of
   20 tokens, responses of 1 to 256 tokens (geometric, mean ~110, as a random model's end-of-text draws give).
-  Cases: micro-batches of contiguous rows (how the learner cut them before) or of rows of similar length
-  (rlft.learner.micro_batches, the default).
+  Cases: whole rows in micro-batches of contiguous rows (how the learner cut them before) or of rows of similar
+  length (rlft.learner.micro_batches), or packed groups cut the same way (the default).
 Weights are as GRPO-BA gives them. Each case is a fresh Learner (fp32 AdamW) timed over `--repeats` steps after
 `--warmup`, cases interleaved round by round so a machine's drifting load falls on all of them; the table gives
 the median and the spread (min-max) per case, and the ratio to the first case. Timings vary by ~10% between runs
@@ -41,10 +41,13 @@ CASES = {
     "default": {
         "whole rows, 64-row micro-batches (before)": ["learner.share_prompts=false", "learner.micro_batch_size=64"],
         "whole rows, 256-row micro-batches": ["learner.share_prompts=false"],
-        "shared prompts, 64-row micro-batches": ["learner.micro_batch_size=64"],
-        "shared prompts, 256-row micro-batches (default)": [],
+        "packed groups (default)": [],
     },
-    "rollout-heavy": {"contiguous rows (before)": [], "rows of similar length (default)": []},
+    "rollout-heavy": {
+        "contiguous whole rows (before)": ["learner.share_prompts=false"],
+        "whole rows of similar length": ["learner.share_prompts=false"],
+        "packed groups (default)": [],
+    },
 }
 
 
@@ -108,7 +111,7 @@ def main() -> None:
     learners = {name: Learner(resolve_config("grpo-ba", None, ["learner.device=cpu", *model, *over]))
                 for name, over in cases.items()}
     if args.shape == "rollout-heavy":
-        before = learners["contiguous rows (before)"]
+        before = learners["contiguous whole rows (before)"]
         ln = before.cfg.learner
         before._micro_batches = lambda b: contiguous_micro_batches(b.attention_mask, ln.micro_batch_size,
                                                                    ln.max_tokens_per_micro_batch)

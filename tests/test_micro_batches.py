@@ -6,6 +6,7 @@ import torch
 
 from rlft.learner.logprobs import use_fused_logprobs
 from rlft.learner.micro_batches import micro_batch_rows
+from rlft.learner.packing import pack_units, unit_lengths
 
 
 def _mask(lengths: list[int]) -> torch.Tensor:
@@ -49,6 +50,30 @@ def test_a_row_longer_than_the_bound_is_its_own_micro_batch_and_rows_still_bound
     assert _passes([100, 3, 3], 64, 50) == [[0], [1, 2]]
     # no token bound (the DeepSpeed learner, whose ranks must run as many passes as each other): fewest passes
     assert len(_passes([3, 9, 1, 4, 7], 2, None)) == 3
+
+
+def test_packed_rows_are_cut_by_their_own_tokens_and_keep_their_rows_together():
+    # the embedded default's batch: 32 prompts of 9 tokens x 8 samples with responses of 1..6 tokens; as whole
+    # rows (256 x 15 padded tokens) it needs three passes under 2048; packed (a group's prompt once, then its
+    # responses: 32 rows of ~37 tokens) it all fits one, and the cuts weigh padding against a pass's cost
+    gen = torch.Generator().manual_seed(0)
+    responses = torch.randint(1, 7, (256,), generator=gen)
+    lengths = (9 + responses).tolist()
+    first, group = [9] * 256, [i // 8 for i in range(256)]
+    units = pack_units(first, lengths, group, cap=128)
+    tokens = unit_lengths(units, first, lengths)
+    assert len(units) == 32 and all(len(u) == 8 for u in units)
+    whole_rows = _passes(lengths, max_rows=256, max_tokens=2048)
+    passes = micro_batch_rows(_mask(lengths), 256, 2048, units, tokens)
+    assert len(passes) < len(whole_rows) == 3
+    # a tighter bound cuts between packed rows, never through one, and counts rows x the longest packed row
+    for bound in (2048, 512):
+        passes = micro_batch_rows(_mask(lengths), 256, bound, units, tokens)
+        assert sorted(i for p in passes for i in p.tolist()) == list(range(256))
+        for p in passes:
+            inside = [u for u in range(32) if set(units[u]) <= set(p.tolist())]
+            assert sum(len(units[u]) for u in inside) == len(p)
+            assert len(inside) * max(tokens[u] for u in inside) <= bound
 
 
 def test_auto_logprobs_are_fused_for_a_large_vocabulary_only():

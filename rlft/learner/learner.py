@@ -14,7 +14,7 @@ from rlft.learner.logprobs import token_logprobs, use_fused_logprobs
 from rlft.learner.loss import micro_batch_loss
 from rlft.learner.micro_batches import micro_batch_rows
 from rlft.learner.neuzip import NeuZip
-from rlft.learner.shared_prompts import shared_prompt_logprobs
+from rlft.learner.packing import pack_cap, pack_units, packable, packed_logprobs, prompt_groups, unit_lengths
 from rlft.lora import apply_lora, export_peft_adapter, lora_before_step, merged_state_dict, save_merged
 from rlft.models.loading import load_causal_lm, load_model_weights, pick_device, resolve_model_path
 from rlft.optim import build_optimizer, needs_backward
@@ -45,8 +45,8 @@ class Learner:
                 self.model.enable_input_require_grads()
         self.model.train()
         self.fused_logprobs = use_fused_logprobs(cfg.learner.logprobs, self.model.config)
-        # checkpointed layers recompute their forward in backward and would append to the prompts' cache twice
-        self.share_prompts = cfg.learner.share_prompts and not cfg.learner.gradient_checkpointing
+        self.share_prompts = cfg.learner.share_prompts and packable(self.model)
+        self.pack_cap = pack_cap(self.model.config, cfg.learner.max_tokens_per_micro_batch)
         self.neuzip = None
         if cfg.learner.weight_compression == "neuzip":  # the fused log-prob reads the LM head outside its forward
             self.neuzip = NeuZip(self.model, keep=[self.model.get_output_embeddings()] if self.fused_logprobs else [])
@@ -67,12 +67,11 @@ class Learner:
         fused = self.fused_logprobs
         # learner.autocast: bf16 matmuls (AMX / tensor cores) over fp32 master weights; log-softmax stays fp32
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.learner.autocast == "bfloat16"):
-            # learner.share_prompts: each distinct prompt runs once (rlft.learner.shared_prompts)
-            logprobs = shared_prompt_logprobs if self.share_prompts else token_logprobs
-            return logprobs(
-                model, part.tokens, part.attention_mask, self.cfg.rollout.temperature or 1.0, with_entropy,
-                bool(self.cfg.algo.entropy_coef), self.cfg.learner.vocab_chunk if fused else 0, part.response_mask,
-            )
+            args = (model, part.tokens, part.attention_mask, self.cfg.rollout.temperature or 1.0, with_entropy,
+                    bool(self.cfg.algo.entropy_coef), self.cfg.learner.vocab_chunk if fused else 0, part.response_mask)
+            if self.share_prompts:  # a group's prompt once, its responses packed after it (rlft.learner.packing)
+                return packed_logprobs(*args, cap=self.pack_cap)
+            return token_logprobs(*args)
 
     @torch.no_grad()
     def _frozen_logprobs(self, model, batch: TrainBatch) -> torch.Tensor:
@@ -87,7 +86,14 @@ class Learner:
     def _micro_batches(self, batch: TrainBatch) -> Iterator[torch.Tensor]:
         """The row indices of each forward/backward pass; `before_pass` (if set) runs before each."""
         ln = self.cfg.learner
-        for rows in micro_batch_rows(batch.attention_mask, ln.micro_batch_size, ln.max_tokens_per_micro_batch):
+        units = unit_tokens = None
+        if self.share_prompts:  # the passes hold whole packed rows, cut by their tokens (what the forward computes)
+            first, group, _ = prompt_groups(batch.tokens, batch.attention_mask, batch.response_mask)
+            first, group, lengths = first.tolist(), group.tolist(), batch.attention_mask.sum(dim=1).tolist()
+            units = pack_units(first, lengths, group, self.pack_cap)
+            unit_tokens = unit_lengths(units, first, lengths)
+        for rows in micro_batch_rows(batch.attention_mask, ln.micro_batch_size, ln.max_tokens_per_micro_batch,
+                                     units, unit_tokens):
             if self.before_pass is not None:
                 self.before_pass()
             yield rows
