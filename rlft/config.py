@@ -282,9 +282,10 @@ class LearnerConfig(Section):
     gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
     share_prompts: bool = Field(
         True,
-        description="run each distinct prompt of a micro-batch once and its group's responses against its cached "
-        "keys/values (rlft.learner.shared_prompts; the same values up to float rounding, fewer tokens); not with "
-        "learner.gradient_checkpointing or learner.backend=deepspeed, where every row runs whole",
+        description="pack a group's rows as [prompt | response | response ...] (up to the hidden size in tokens) under "
+        "an explicit mask, so each prompt runs once per packed row and no row is padded (rlft.learner.packing; the "
+        "same values up to float rounding, fewer tokens); not with learner.backend=deepspeed or an attention other "
+        "than sdpa/eager, where every row runs whole",
     )
     logprobs: Literal["auto", "plain", "fused"] = Field(
         "auto",
