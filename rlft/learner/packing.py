@@ -82,10 +82,12 @@ class PackedLayout:
     state: torch.Tensor  # [T] flat index of the packed state that predicts it
 
 
-def pack(tokens: torch.Tensor, attention_mask: torch.Tensor, targets_mask: torch.Tensor, cap: int) -> PackedLayout:
-    """The packed layout of right-padded rows [N, L] whose response tokens are `targets_mask`."""
+def pack(tokens: torch.Tensor, attention_mask: torch.Tensor, targets_mask: torch.Tensor, cap: int,
+         groups=None) -> PackedLayout:
+    """The packed layout of right-padded rows [N, L] whose response tokens are `targets_mask` (`groups`: their
+    `prompt_groups`, if the caller has them)."""
     device = tokens.device
-    first_t, group_t, _ = prompt_groups(tokens, attention_mask, targets_mask)
+    first_t, group_t, _ = groups or prompt_groups(tokens, attention_mask, targets_mask)
     first, group = first_t.tolist(), group_t.tolist()
     lengths = attention_mask.sum(dim=1).tolist()
     units = pack_units(first, lengths, group, cap)
@@ -169,8 +171,9 @@ def packed_logprobs(
     nothing is shared (no `targets_mask` to tell prompts by, or no prompt repeats) or the model's attention
     takes no explicit mask."""
     n, width = tokens.shape
-    repeats = targets_mask is not None and len(prompt_groups(tokens, attention_mask, targets_mask)[2]) < n
-    layout = pack(tokens, attention_mask, targets_mask, cap or pack_cap(model.config, None)) if repeats else None
+    groups = prompt_groups(tokens, attention_mask, targets_mask) if targets_mask is not None else None
+    repeats = groups is not None and len(groups[2]) < n
+    layout = pack(tokens, attention_mask, targets_mask, cap or pack_cap(model.config, None), groups) if repeats else None
     mask = model_mask(model, layout.mask, layout.positions) if layout is not None else None
     if mask is None:
         return token_logprobs(model, tokens, attention_mask, temperature, with_entropy, entropy_grad, fused_chunk,
