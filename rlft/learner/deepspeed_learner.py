@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from rlft.learner.learner import Learner, merge_stats
+from rlft.models.flat_weights import FlatWeights
 from rlft.lora import export_peft_adapter, save_merged
 from rlft.learner.micro_batches import micro_batch_rows
 from rlft.models.loading import resolve_model_path
@@ -137,6 +138,11 @@ class DeepSpeedLearner(Learner):
         """Rank 0: the whole policy on CPU under the base model's names; other ranks: {} (collective)."""
         with self._full_parameters():
             return super().state_dict() if self.rank == 0 else {}
+
+    def rollout_weights(self) -> FlatWeights:
+        """Rank 0: `state_dict()` as one buffer (rlft.models.flat_weights); other ranks: an empty one (collective)."""
+        with self._full_parameters():
+            return super().rollout_weights() if self.rank == 0 else FlatWeights.pack({})
 
     def save(self, path: str) -> None:
         """Rank 0 writes HF-format weights (safetensors, adapters merged) into `path`; every rank writes its

@@ -16,6 +16,7 @@ from rlft.learner.micro_batches import micro_batch_rows
 from rlft.learner.neuzip import NeuZip
 from rlft.learner.packing import pack_cap, pack_units, packable, packed_logprobs, prompt_groups, unit_lengths
 from rlft.lora import apply_lora, export_peft_adapter, lora_before_step, merged_state_dict, save_merged
+from rlft.models.flat_weights import FlatWeights
 from rlft.models.loading import load_causal_lm, load_model_weights, pick_device, resolve_model_path
 from rlft.optim import build_optimizer, needs_backward
 from rlft.learner.types import TrainBatch
@@ -199,8 +200,15 @@ class Learner:
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Policy weights on CPU under the base model's names (adapters merged): what rollout engines load."""
         with self._full_weights():
-            state = merged_state_dict(self.model) if self.lora else self.model.state_dict()
-            return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+            return {k: v.detach().to("cpu", copy=True) for k, v in self._policy_weights().items()}
+
+    def rollout_weights(self) -> FlatWeights:
+        """`state_dict()` as one byte buffer: what the driver hands the rollout workers (rlft.models.flat_weights)."""
+        with self._full_weights():
+            return FlatWeights.pack(self._policy_weights())
+
+    def _policy_weights(self) -> dict[str, torch.Tensor]:
+        return merged_state_dict(self.model) if self.lora else self.model.state_dict()
 
     def _full_weights(self, recompress: bool = False):
         """Context in which NeuZip-compressed weights are whole tensors (a no-op without compression)."""

@@ -9,6 +9,7 @@ import ray
 import torch
 
 from rlft.learner.learner import Learner
+from rlft.models.flat_weights import FlatWeights
 from rlft.models.loading import load_causal_lm, load_tokenizer, pick_device
 from rlft.pipeline.faults import LearnerRestarted
 from rlft.pipeline.learner_group import LearnerGroup
@@ -59,8 +60,8 @@ class RolloutWorker:
         lent = {"borrowed_core_steps": float(self.cores.borrowed)} if self.cores else {}
         yield None, {**self.engine.stats(), **lent}
 
-    def load_weights(self, state: dict[str, torch.Tensor], version: int = 0) -> None:
-        self.engine.load_weights(state)
+    def load_weights(self, state: FlatWeights | dict[str, torch.Tensor], version: int = 0) -> None:
+        self.engine.load_weights(state.state_dict() if isinstance(state, FlatWeights) else state)
         self.weights_version = version
 
     def length_predictor(self):

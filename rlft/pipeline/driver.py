@@ -120,7 +120,7 @@ class Trainer:
         """Learner -> object store -> every rollout worker (one put, many gets); `weights`: a ref to the learner's
         weights taken earlier (async mode), else the current ones."""
         timeout = self.cfg.train.worker_timeout_s
-        weights = self.learner.state_dict.remote() if weights is None else weights
+        weights = self.learner.rollout_weights.remote() if weights is None else weights
         if not ray.wait([weights], timeout=timeout)[0]:
             learner_get(weights, self.learner, "weight sync", 0)  # past its deadline: raises LearnerLost
         self.weights = weights
@@ -193,7 +193,7 @@ class Trainer:
         if self.rollouts is None:
             drawn = self.draw(step, step - 1)
         else:  # async: submit the draws up to step + max_staleness, then take this step's (drawn earlier)
-            self.rollouts.fill(step, self.learner.state_dict.remote, step - 1)
+            self.rollouts.fill(step, self.learner.rollout_weights.remote, step - 1)
             drawn = self.rollouts.take(step)
         groups, metrics = drawn.groups, drawn.metrics
         self.updating = True  # from here on the step changes the learner and the state

@@ -1,0 +1,55 @@
+"""A state dict as one byte buffer: the form in which the learner hands its weights to rollout workers.
+
+Ray stores a numpy array in its object store without copying it element by element (pickle protocol 5
+out-of-band buffers) and maps it into the reader's process, but pickles a dict of torch tensors tensor by
+tensor. On the 2-core test machine, the embedded model's 51 tensors (4 MB) took 21-25 ms from the learner's
+call to the object store and 18 ms into a rollout worker as a dict, 6 ms and 6.5 ms as one buffer (ad hoc,
+two Ray actors; a sync-mode step of the default run spent ~33 ms in weight sync).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+ALIGN = 64  # bytes; every tensor starts at a multiple, so viewing its bytes as its dtype is always allowed
+
+
+@dataclass
+class FlatWeights:
+    """`entries`: (name, dtype, shape, byte offset) in the state dict's order; `data`: every tensor's bytes."""
+
+    entries: list[tuple[str, torch.dtype, tuple[int, ...], int]]
+    data: np.ndarray  # uint8
+
+    @staticmethod
+    def pack(state: dict[str, torch.Tensor]) -> "FlatWeights":
+        """Copy `state`'s tensors (any device, any dtype) into one CPU buffer."""
+        entries, offset = [], 0
+        for name, tensor in state.items():
+            entries.append((name, tensor.dtype, tuple(tensor.shape), offset))
+            offset += -(-tensor.numel() * tensor.element_size() // ALIGN) * ALIGN
+        data = torch.empty(offset, dtype=torch.uint8)
+        for (name, dtype, shape, start), tensor in zip(entries, state.values()):
+            nbytes = tensor.numel() * tensor.element_size()
+            if nbytes:
+                data[start:start + nbytes].view(dtype).view(shape).copy_(tensor.detach())
+        return FlatWeights(entries, data.numpy())
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors that view the buffer (no copy: `load_state_dict` copies them into a model)."""
+        with warnings.catch_warnings():  # Ray hands out its stored arrays read-only; nothing here writes to them
+            warnings.simplefilter("ignore", UserWarning)
+            data = torch.from_numpy(self.data)
+        out = {}
+        for name, dtype, shape, start in self.entries:
+            nbytes = int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
+            out[name] = data[start:start + nbytes].view(dtype).view(shape)
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.data.nbytes)

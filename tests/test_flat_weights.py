@@ -1,0 +1,41 @@
+"""The learner hands rollout workers its weights as one byte buffer (rlft.models.flat_weights): what comes out is
+what went in, names, order, dtypes and shapes included, after a trip through pickle as Ray makes it."""
+
+from __future__ import annotations
+
+import pickle
+
+import torch
+
+from rlft.models.flat_weights import ALIGN, FlatWeights
+
+
+def test_flat_weights_round_trip_every_dtype_and_shape_through_pickle():
+    torch.manual_seed(0)
+    state = {
+        "embed.weight": torch.randn(7, 5),
+        "norm.weight": torch.randn(5).to(torch.bfloat16),
+        "layer.bias": torch.randn(3).half(),
+        "scalar": torch.tensor(2.5),
+        "steps": torch.arange(3, dtype=torch.int64),
+        "empty": torch.zeros(0, 4),
+        "mask": torch.tensor([True, False, True]),
+        "transposed": torch.randn(4, 6).t(),  # not contiguous
+    }
+    flat = FlatWeights.pack(state)
+    assert all(offset % ALIGN == 0 for *_, offset in flat.entries)
+    back = pickle.loads(pickle.dumps(flat, protocol=5)).state_dict()
+    assert list(back) == list(state)
+    for name, tensor in state.items():
+        assert back[name].dtype == tensor.dtype and back[name].shape == tensor.shape, name
+        assert torch.equal(back[name], tensor), name
+
+
+def test_learner_rollout_weights_equal_its_state_dict():
+    from rlft.config import resolve_config
+    from rlft.learner.learner import Learner
+
+    learner = Learner(resolve_config("grpo-ba", None, ["learner.device=cpu"]))
+    state, flat = learner.state_dict(), learner.rollout_weights().state_dict()
+    assert list(flat) == list(state)
+    assert all(torch.equal(flat[k], state[k]) for k in state)
