@@ -125,7 +125,8 @@ class RolloutConfig(Section):
     dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
         None,
         description="rollout engine: dtype of its copy of the weights and of the KV cache (None: model.dtype); "
-        "'bfloat16' decodes faster on CPUs with AMX-BF16 and on GPUs while the learner keeps fp32",
+        "'bfloat16' decodes faster on CPUs with AMX-BF16 and on GPUs while the learner keeps fp32 (the learner then "
+        "sends its weights in bf16: half the bytes through the object store)",
     )
     vllm_kv_cache_gib: float = Field(1.0, gt=0.0, description="vLLM's CPU build: KV cache size in GiB (on a GPU, "
                                      "gpu_memory_utilization sizes it)")

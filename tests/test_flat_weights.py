@@ -31,6 +31,14 @@ def test_flat_weights_round_trip_every_dtype_and_shape_through_pickle():
         assert torch.equal(back[name], tensor), name
 
 
+def test_floating_tensors_are_cast_to_the_readers_dtype_and_others_kept():
+    state = {"w": torch.randn(30, 40), "steps": torch.arange(3), "mask": torch.tensor([True, False])}
+    back = FlatWeights.pack(state, torch.bfloat16).state_dict()
+    assert back["w"].dtype == torch.bfloat16 and torch.equal(back["w"], state["w"].to(torch.bfloat16))
+    assert torch.equal(back["steps"], state["steps"]) and torch.equal(back["mask"], state["mask"])
+    assert FlatWeights.pack(state, torch.bfloat16).nbytes < FlatWeights.pack(state).nbytes
+
+
 def test_learner_rollout_weights_equal_its_state_dict():
     from rlft.config import resolve_config
     from rlft.learner.learner import Learner
@@ -39,3 +47,5 @@ def test_learner_rollout_weights_equal_its_state_dict():
     state, flat = learner.state_dict(), learner.rollout_weights().state_dict()
     assert list(flat) == list(state)
     assert all(torch.equal(flat[k], state[k]) for k in state)
+    half = learner.rollout_weights("bfloat16").state_dict()
+    assert all(torch.equal(half[k], state[k].to(torch.bfloat16)) for k in state)

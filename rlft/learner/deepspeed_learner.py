@@ -139,10 +139,10 @@ class DeepSpeedLearner(Learner):
         with self._full_parameters():
             return super().state_dict() if self.rank == 0 else {}
 
-    def rollout_weights(self) -> FlatWeights:
+    def rollout_weights(self, dtype: str | None = None) -> FlatWeights:
         """Rank 0: `state_dict()` as one buffer (rlft.models.flat_weights); other ranks: an empty one (collective)."""
         with self._full_parameters():
-            return super().rollout_weights() if self.rank == 0 else FlatWeights.pack({})
+            return super().rollout_weights(dtype) if self.rank == 0 else FlatWeights.pack({})
 
     def save(self, path: str) -> None:
         """Rank 0 writes HF-format weights (safetensors, adapters merged) into `path`; every rank writes its

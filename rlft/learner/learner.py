@@ -202,10 +202,11 @@ class Learner:
         with self._full_weights():
             return {k: v.detach().to("cpu", copy=True) for k, v in self._policy_weights().items()}
 
-    def rollout_weights(self) -> FlatWeights:
-        """`state_dict()` as one byte buffer: what the driver hands the rollout workers (rlft.models.flat_weights)."""
+    def rollout_weights(self, dtype: str | None = None) -> FlatWeights:
+        """`state_dict()` as one byte buffer, floating-point tensors in `dtype` (the rollout engine's, e.g.
+        'bfloat16'; None: as they are): what the driver hands the rollout workers (rlft.models.flat_weights)."""
         with self._full_weights():
-            return FlatWeights.pack(self._policy_weights())
+            return FlatWeights.pack(self._policy_weights(), getattr(torch, dtype) if dtype else None)
 
     def _policy_weights(self) -> dict[str, torch.Tensor]:
         return merged_state_dict(self.model) if self.lora else self.model.state_dict()

@@ -26,17 +26,19 @@ class FlatWeights:
     data: np.ndarray  # uint8
 
     @staticmethod
-    def pack(state: dict[str, torch.Tensor]) -> "FlatWeights":
-        """Copy `state`'s tensors (any device, any dtype) into one CPU buffer."""
+    def pack(state: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> "FlatWeights":
+        """Copy `state`'s tensors (any device, any dtype) into one CPU buffer; `dtype`: cast floating-point
+        tensors to it (the reader's dtype: a bf16 rollout of an fp32 learner gets half the bytes)."""
         entries, offset = [], 0
         for name, tensor in state.items():
-            entries.append((name, tensor.dtype, tuple(tensor.shape), offset))
-            offset += -(-tensor.numel() * tensor.element_size() // ALIGN) * ALIGN
+            kind = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
+            entries.append((name, kind, tuple(tensor.shape), offset))
+            offset += -(-tensor.numel() * torch.empty((), dtype=kind).element_size() // ALIGN) * ALIGN
         data = torch.empty(offset, dtype=torch.uint8)
-        for (name, dtype, shape, start), tensor in zip(entries, state.values()):
-            nbytes = tensor.numel() * tensor.element_size()
+        for (name, kind, shape, start), tensor in zip(entries, state.values()):
+            nbytes = tensor.numel() * torch.empty((), dtype=kind).element_size()
             if nbytes:
-                data[start:start + nbytes].view(dtype).view(shape).copy_(tensor.detach())
+                data[start:start + nbytes].view(kind).view(shape).copy_(tensor.detach())
         return FlatWeights(entries, data.numpy())
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -116,11 +116,15 @@ class Trainer:
             return score_groups(self.rewarders, rows, groups.groups, (index for index, _ in groups), self.watch)
         return score_groups(self.rewarders, rows, groups, range(len(groups)), self.watch)
 
+    def _rollout_weights(self):
+        """A ref to the learner's weights as the rollout workers hold them (in rollout.dtype, when set)."""
+        return self.learner.rollout_weights.remote(self.cfg.rollout.dtype)
+
     def sync_weights(self, weights=None) -> None:
         """Learner -> object store -> every rollout worker (one put, many gets); `weights`: a ref to the learner's
         weights taken earlier (async mode), else the current ones."""
         timeout = self.cfg.train.worker_timeout_s
-        weights = self.learner.rollout_weights.remote() if weights is None else weights
+        weights = self._rollout_weights() if weights is None else weights
         if not ray.wait([weights], timeout=timeout)[0]:
             learner_get(weights, self.learner, "weight sync", 0)  # past its deadline: raises LearnerLost
         self.weights = weights
@@ -193,7 +197,7 @@ class Trainer:
         if self.rollouts is None:
             drawn = self.draw(step, step - 1)
         else:  # async: submit the draws up to step + max_staleness, then take this step's (drawn earlier)
-            self.rollouts.fill(step, self.learner.rollout_weights.remote, step - 1)
+            self.rollouts.fill(step, self._rollout_weights, step - 1)
             drawn = self.rollouts.take(step)
         groups, metrics = drawn.groups, drawn.metrics
         self.updating = True  # from here on the step changes the learner and the state
