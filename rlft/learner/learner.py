@@ -198,7 +198,8 @@ class Learner:
         return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.params if p.grad is not None])))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Policy weights on CPU under the base model's names (adapters merged): what rollout engines load."""
+        """Policy weights on CPU under the base model's names (adapters merged); `rollout_weights` is the same
+        in the form the rollout workers receive."""
         with self._full_weights():
             return {k: v.detach().to("cpu", copy=True) for k, v in self._policy_weights().items()}
 
