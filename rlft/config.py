@@ -414,8 +414,8 @@ class RayConfig(Section):
     lend_idle_cores: bool = Field(
         True, description="train.mode=async on a CPU with ray.torch_threads unset, one built-in-engine rollout worker: "
         "while the learner or the rollout worker idles, the other uses its cores too, back to half within an engine "
-        "step or a learner pass of it starting (rlft.pipeline.process.CoreShare; metrics rollout/borrowed_core_steps, "
-        "learner/borrowed_core_passes)",
+        "step or a learner's decoder layer of it starting (rlft.pipeline.process.CoreShare; metrics "
+        "rollout/borrowed_core_steps, learner/borrowed_core_passes, learner/borrowed_core_layers)",
     )
 
 

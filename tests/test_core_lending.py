@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rlft.config import resolve_config
+from rlft.learner.types import TrainBatch
 from rlft.pipeline.process import CoreShare, lends_idle_cores
 from rlft.rollout.types import SamplingParams
 
@@ -70,7 +71,6 @@ def test_each_side_sees_the_others_mark_cleared_however_its_block_ends(flag):
 
 
 def test_the_learner_marks_its_step_and_borrows_for_the_passes_the_rollout_idles(flag, threads):
-    from rlft.learner.types import TrainBatch
     from rlft.pipeline.actors import LearnerWorker
 
     rollout = CoreShare(flag, CoreShare.ROLLOUT, 1)
@@ -92,6 +92,41 @@ def test_the_learner_marks_its_step_and_borrows_for_the_passes_the_rollout_idles
     with rollout.busy():
         assert worker.train_step(batch, worker.life)["learner/borrowed_core_passes"] == 0
         assert torch.get_num_threads() == worker.cores.own_threads
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: nothing to lend")
+def test_the_learner_borrows_from_the_layer_after_the_rollout_goes_idle_and_returns_them_when_it_starts(flag, threads):
+    from rlft.pipeline.actors import LearnerWorker
+
+    rollout = CoreShare(flag, CoreShare.ROLLOUT, 1)
+    worker = LearnerWorker(resolve_config("grpo-ba", None, ASYNC + ["learner.device=cpu"]), flag)
+    blocks = worker.model.model.layers
+    threads_in = []  # the torch threads each block's forward and backward ran with
+    for block in blocks:
+        block.register_forward_hook(lambda *_: threads_in.append(("fwd", torch.get_num_threads())))
+        block.register_full_backward_hook(lambda *_: threads_in.append(("bwd", torch.get_num_threads())))
+    n, width = 8, 6
+    mask = torch.zeros(n, width)
+    mask[:, 3:] = 1
+    batch = TrainBatch(tokens=torch.randint(3, 20, (n, width)), attention_mask=torch.ones(n, width, dtype=torch.long),
+                       response_mask=mask, rollout_logprobs=torch.zeros(n, width), advantages=torch.ones(n),
+                       weights=torch.full((n,), 1 / 24), token_weights=torch.full((n,), 1 / 24),
+                       minibatch=torch.zeros(n, dtype=torch.long))
+    own, every = worker.cores.own_threads, os.cpu_count()
+    rollout.mark(True)  # the draw runs as the pass starts and ends after the first block's forward
+    handle = blocks[0].register_forward_hook(lambda *_: rollout.mark(False))
+    metrics = worker.train_step(batch, worker.life)
+    handle.remove()
+    assert metrics["learner/borrowed_core_passes"] == 0
+    assert threads_in[0] == ("fwd", own) and all(t == every for _, t in threads_in[1:])
+    assert metrics["learner/borrowed_core_layers"] == 2 * len(blocks) - 1
+    threads_in.clear()  # and back: a draw that starts mid-pass gets its cores back at the next block
+    handle = blocks[0].register_forward_hook(lambda *_: rollout.mark(True))
+    metrics = worker.train_step(batch, worker.life)
+    handle.remove()
+    rollout.mark(False)
+    assert metrics["learner/borrowed_core_passes"] == 1 and metrics["learner/borrowed_core_layers"] == 1
+    assert threads_in[0] == ("fwd", every) and all(t == own for _, t in threads_in[1:])
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: nothing to lend")

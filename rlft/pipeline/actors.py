@@ -101,6 +101,7 @@ class LearnerWorker(Learner):
         self.cores = CoreShare.open(core_share, CoreShare.LEARNER, torch_threads(cfg))
         if self.cores:
             self.before_pass = self.cores.pick_threads
+            self.cores.recheck_per_layer(self.model)
 
     def incarnation(self) -> str:
         """Which start of this actor answers: a change means Ray restarted it (with the initial weights)."""
@@ -117,9 +118,10 @@ class LearnerWorker(Learner):
         if not self.cores:
             return super().train_step(batch)
         with self.cores.busy():
-            self.cores.borrowed = 0
+            self.cores.borrowed = self.cores.borrowed_layers = 0
             metrics = super().train_step(batch)
-        return {**metrics, "learner/borrowed_core_passes": float(self.cores.borrowed)}
+        return {**metrics, "learner/borrowed_core_passes": float(self.cores.borrowed),
+                "learner/borrowed_core_layers": float(self.cores.borrowed_layers)}
 
     def reference_logprobs(self, batch):
         with self.cores.busy() if self.cores else contextlib.nullcontext():

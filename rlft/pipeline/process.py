@@ -38,7 +38,9 @@ class CoreShare:
     learner's next step starts, so a learner pass never borrows cores a starting draw is about to take).
     Before each unit of work (an engine step, a learner micro-batch pass) each side reads the other's byte and
     sets its torch threads. Two actors each spinning threads on every core slow both down several times over,
-    so a borrow ends with the unit it was taken for: one engine step (tens of ms), one learner pass."""
+    so a borrow ends with the unit it was taken for: one engine step (tens of ms), one decoder layer's forward or
+    backward in a learner pass (`recheck_per_layer`: the rollout's draw mostly ends inside the learner's pass,
+    whose rest then runs on every core)."""
 
     LEARNER, ROLLOUT = 0, 1
 
@@ -68,10 +70,36 @@ class CoreShare:
 
     def pick_threads(self) -> None:
         """Before a unit of work: every core while the other idles, this actor's share while it computes."""
+        self.borrowed += self._set_threads()
+
+    def _set_threads(self) -> bool:
+        """Every core while the other idles, this actor's share while it computes; whether it borrows."""
         threads = self.own_threads if self.other_busy() else os.cpu_count() or 1
         if threads != torch.get_num_threads():
             torch.set_num_threads(threads)
-        self.borrowed += threads > self.own_threads
+        return threads > self.own_threads
+
+    def recheck_per_layer(self, model: torch.nn.Module) -> None:
+        """Pick the threads again before each decoder layer's forward and backward inside a learner pass (the
+        pass itself starts with `pick_threads`); `borrowed_layers` counts those run on the other's cores too.
+
+        The layers are the model's longest ModuleList (a transformer's blocks). Backward: a hook on each block's
+        output runs as its gradient arrives, on the thread running the backward (a CPU backward runs on the
+        thread that called it, so the thread count set there applies to the block's gradient kernels)."""
+        blocks = max((m for m in model.modules() if isinstance(m, torch.nn.ModuleList)), key=len, default=[])
+        self.borrowed_layers = 0
+
+        def recheck(*_):
+            self.borrowed_layers += self._set_threads()
+
+        def on_output(module, args, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            if isinstance(hidden, torch.Tensor) and hidden.requires_grad:
+                hidden.register_hook(recheck)  # returns None: the gradient passes unchanged
+
+        for block in blocks:
+            block.register_forward_pre_hook(recheck)
+            block.register_forward_hook(on_output)
 
     def mark(self, busy: bool) -> None:
         """This side has work (True) or none (False)."""
