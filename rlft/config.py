@@ -373,6 +373,12 @@ class TrainConfig(Section):
         description="async: learner updates at most between the policy that drew a batch and the one that trains "
         "on it (1: one-step off-policy; 0: the same run as sync)",
     )
+    on_policy_steps: int = Field(
+        0, ge=0,
+        description="async: the first this many steps are drawn on-policy (staleness 0, each draw waits for the "
+        "update before it), the rest up to max_staleness behind: the early updates move the policy the most, "
+        "where a stale batch costs the most learning (docs/methods.md#asynchronous-training)",
+    )
     worker_timeout_s: float | None = Field(
         1800.0, gt=0, description="longest wait for any worker reply (a group, a reward chunk, a learner step, "
                                   "weights); a worker past it is reported by name and phase and restarted (null: wait forever)",

@@ -38,8 +38,8 @@ def test_async_mode_splits_the_cores_between_rollout_and_learner(monkeypatch):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Four-step runs: sync, async with staleness 0, async with staleness 1, and the last stopped after step 2
-    (its newer checkpoint and metrics removed) and resumed."""
+    """Four-step runs: sync, async with staleness 0, async with staleness 1, async with staleness 1 after two
+    on-policy steps, and async 1 stopped after step 2 (its newer checkpoint and metrics removed) and resumed."""
     import ray
 
     from rlft.pipeline.driver import train
@@ -53,12 +53,14 @@ def runs(tmp_path_factory):
                                                "train.max_staleness=0"]))
         async1 = resolve_config("grpo-ba", None, [*common, "train.run_name=async1", "train.mode=async"])
         train(async1)
+        train(resolve_config("grpo-ba", None, [*common, "train.run_name=warm", "train.mode=async",
+                                               "train.on_policy_steps=2"]))
         shutil.copytree(root / "async1", root / "resumed")
         shutil.rmtree(root / "resumed" / "checkpoints" / "step_000004")
         train(async1, resume_dir=root / "resumed")
     finally:
         ray.shutdown()
-    return {name: _records(root / name) for name in ("sync", "async0", "async1", "resumed")}
+    return {name: _records(root / name) for name in ("sync", "async0", "async1", "warm", "resumed")}
 
 
 def _records(run_dir: Path) -> dict[int, dict]:
@@ -99,3 +101,28 @@ def test_async_resume_gives_the_same_metrics_as_not_stopping(runs):
     assert sorted(runs["resumed"]) == [0, 1, 2, 3, 4]
     _assert_same(runs["async1"], runs["resumed"], (3, 4))
     assert runs["resumed"][3]["async/staleness_max"] == 1  # the in-flight batch came back from the checkpoint
+
+
+def test_the_queue_draws_the_first_on_policy_steps_one_at_a_time_then_max_staleness_ahead():
+    from rlft.pipeline.async_rollout import Draw, RolloutQueue
+
+    drawn = []
+
+    def draw(step, version):
+        drawn.append((step, version))
+        return Draw(step, version, None, {}, {}, {}, {})
+
+    q = RolloutQueue(draw, lambda weights: None, max_staleness=2, last_step=6, on_policy_steps=3)
+    for step in range(1, 7):
+        q.fill(step, lambda: "w", step - 1)
+        q.take(step)
+    q.close(wait=True)
+    # steps 1-3 by the policy after the update before them; from step 3 on, two steps ahead
+    assert drawn == [(1, 0), (2, 1), (3, 2), (4, 2), (5, 2), (6, 3)]
+
+
+@pytest.mark.slow
+def test_async_on_policy_steps_draw_the_first_steps_as_sync_then_one_update_behind(runs):
+    _assert_same(runs["sync"], runs["warm"], (0, 1, 2))
+    assert [runs["warm"][s]["async/staleness_max"] for s in range(1, 5)] == [0, 0, 1, 1]
+    assert runs["warm"][3]["learner/tis_abs_log_ratio"] > 10 * runs["async0"][3]["learner/tis_abs_log_ratio"]

@@ -1,5 +1,6 @@
 """Asynchronous training (docs/methods.md#asynchronous-training): the batches of the next
-`train.max_staleness` steps are drawn in the background while the learner trains on this one.
+`train.max_staleness` steps are drawn in the background while the learner trains on this one (after the first
+`train.on_policy_steps` steps, which are drawn on-policy).
 
 One background thread draws the batches in step order. Each draw first loads the weights it was handed
 when it was submitted into the rollout workers, so rollout workers change weights only between batches,
@@ -46,9 +47,9 @@ class RolloutQueue:
     """
 
     def __init__(self, draw: Callable[[int, int], Draw], load_weights: Callable[[object], None], max_staleness: int,
-                 last_step: int, mark_busy: Callable[[bool], None] | None = None):
+                 last_step: int, mark_busy: Callable[[bool], None] | None = None, on_policy_steps: int = 0):
         self._draw, self._load_weights = draw, load_weights
-        self.max_staleness, self.last_step = max_staleness, last_step
+        self.max_staleness, self.last_step, self.on_policy_steps = max_staleness, last_step, on_policy_steps
         self._mark_busy = mark_busy or (lambda busy: None)
         self._pending, self._lock = 0, threading.Lock()  # draws submitted and not yet ended
         self._futures: dict[int, Future] = {}
@@ -79,8 +80,10 @@ class RolloutQueue:
 
     def fill(self, step: int, weights: Callable[[], object], version: int) -> None:
         """Submit the draws of steps up to `step + max_staleness` not yet submitted, from the weights of
-        `version` (the learner's updates so far; `weights()` is called once, only if something is submitted)."""
-        todo = [j for j in range(step, min(step + self.max_staleness, self.last_step) + 1) if j not in self._futures]
+        `version` (the learner's updates so far; `weights()` is called once, only if something is submitted).
+        Before step `on_policy_steps` only this step's: steps 1..on_policy_steps are drawn on-policy."""
+        ahead = self.max_staleness if step >= self.on_policy_steps else 0
+        todo = [j for j in range(step, min(step + ahead, self.last_step) + 1) if j not in self._futures]
         ref = weights() if todo else None
         for j in todo:
             self._futures[j] = Future()

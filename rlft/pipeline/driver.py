@@ -294,8 +294,9 @@ class Trainer:
         """Async mode: a fresh queue of draws ahead, holding the draws a restored checkpoint had in flight."""
         if self.rollouts is not None:
             self.rollouts.close(wait=True)  # no two threads may talk to the rollout workers at once
-        self.rollouts = RolloutQueue(self.draw, self.sync_weights, self.cfg.train.max_staleness, self.cfg.train.steps,
-                                     self.cores.mark if self.cores else None)
+        t = self.cfg.train
+        self.rollouts = RolloutQueue(self.draw, self.sync_weights, t.max_staleness, t.steps,
+                                     self.cores.mark if self.cores else None, t.on_policy_steps)
         self.rollouts.restore(self._in_flight)
 
     # --- the loop -----------------------------------------------------------------------------
