@@ -593,6 +593,11 @@ def check_async(cfg: RLConfig) -> None:
             f"train.mode=async with train.max_staleness={t.max_staleness} trains on samples drawn by an older policy "
             "and needs their importance correction: set algo.tis_cap (2.0 is common), or train.max_staleness=0"
         )
+    if t.on_policy_steps and t.mode != "async":
+        raise ConfigError(
+            f"train.on_policy_steps={t.on_policy_steps} sets how many steps an asynchronous run draws on-policy before "
+            "it runs ahead; a train.mode=sync run draws every step on-policy: set train.mode=async or drop it"
+        )
 
 
 def check_learner(cfg: RLConfig) -> None:

@@ -27,6 +27,12 @@ def test_async_with_stale_samples_and_no_tis_cap_is_a_config_error():
     resolve_config("grpo-ba", None, ["train.mode=async", "train.max_staleness=0"])  # on-policy: nothing to correct
 
 
+def test_on_policy_steps_outside_async_mode_is_a_config_error():
+    with pytest.raises(ConfigError, match="train.mode=async"):
+        resolve_config("grpo-ba", None, ["train.on_policy_steps=10"])
+    resolve_config("grpo-ba", None, ["train.mode=async", "algo.tis_cap=2", "train.on_policy_steps=10"])
+
+
 def test_async_mode_splits_the_cores_between_rollout_and_learner(monkeypatch):
     from rlft.pipeline.process import torch_threads
 
