@@ -25,6 +25,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+from bench_vs_trl import time_to_gain  # noqa: E402
 
 SETTINGS = {
     "sync": [],
@@ -49,12 +52,9 @@ def run(setting: str, seed: int, steps: int, workdir: Path) -> list[tuple[int, f
     return [(r["step"], r["eval/accuracy"]) for r in records if "eval/accuracy" in r]
 
 
-def step_to_gain(evals: list[tuple[int, float]], points: float, window: int = 5) -> int | None:
-    acc = [a for _, a in evals]
-    for i in range(window - 1, len(acc)):
-        if sum(acc[i - window + 1 : i + 1]) / window >= acc[0] + points:
-            return evals[i][0]
-    return None
+def step_to_gain(evals: list[tuple[int, float]], gain: float) -> int | None:
+    """The step at which bench_vs_trl's time to +N points is reached (`gain` as a fraction: 0.2 is +20 points)."""
+    return time_to_gain([{"accuracy": a, "train_s": step} for step, a in evals], 100 * gain)
 
 
 def main() -> None:

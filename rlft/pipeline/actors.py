@@ -6,7 +6,6 @@ import contextlib
 import uuid
 
 import ray
-import torch
 
 from rlft.learner.learner import Learner
 from rlft.models.flat_weights import FlatWeights
@@ -60,8 +59,8 @@ class RolloutWorker:
         lent = {"borrowed_core_steps": float(self.cores.borrowed)} if self.cores else {}
         yield None, {**self.engine.stats(), **lent}
 
-    def load_weights(self, state: FlatWeights | dict[str, torch.Tensor], version: int = 0) -> None:
-        self.engine.load_weights(state.state_dict() if isinstance(state, FlatWeights) else state)
+    def load_weights(self, state: FlatWeights, version: int = 0) -> None:
+        self.engine.load_weights(state.state_dict())
         self.weights_version = version
 
     def length_predictor(self):
