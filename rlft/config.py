@@ -109,6 +109,11 @@ class RolloutConfig(Section):
     length_probe_tokens: int = Field(
         16, ge=0, description="'infinite': tokens a sample decodes before its length is predicted (0: prompt only)"
     )
+    fast_decode: bool = Field(
+        True, description="built-in engine on a CPU: decode steps of Llama-family models (llama, qwen2, mistral) run "
+        "a lean step over fused, pre-packed weights (rlft.rollout.fast_decode; one more copy of the weights in the "
+        "rollout worker); other models, and false, run transformers' forward",
+    )
     max_slots: int = Field(
         256, ge=1, description="concurrent sequences: the built-in engine's decode slots, vLLM's max_num_seqs"
     )

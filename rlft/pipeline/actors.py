@@ -41,7 +41,7 @@ class RolloutWorker:
             model = load_causal_lm(model_cfg, pick_device(r.device))
             self.engine = BuiltinEngine(model, self.tokenizer, max_slots=r.max_slots, scheduling=r.scheduling,
                                         micro_group_size=r.micro_group_size, probe_tokens=r.length_probe_tokens,
-                                        kv_budget_tokens=r.kv_budget_tokens,
+                                        kv_budget_tokens=r.kv_budget_tokens, fast_decode=r.fast_decode,
                                         before_step=self.cores.pick_threads if self.cores else None)
 
     def stream(self, prompt_ids: list[list[int]], params: SamplingParams, weights_version: int | None = None):

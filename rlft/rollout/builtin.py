@@ -16,6 +16,7 @@ from typing import Callable, Iterator
 import torch
 
 from rlft.errors import UserError
+from rlft.rollout.fast_decode import FastDecoder, unsupported
 from rlft.rollout.kv_cache import PAGED_SDPA, SCRATCH_BLOCK, PagedKVCache
 from rlft.rollout.length_predictor import GroupLengths, LengthPredictor, prediction_stats
 from rlft.rollout.sampling import sample_key, sample_tokens, uniforms
@@ -61,8 +62,9 @@ class BuiltinEngine:
     or 'infinite' (Infinite-Sampling: continuous refill with length-aware scheduling; probes of
     `probe_tokens` tokens feed the length predictor; `kv_budget_tokens` bounds the response KV it plans to
     hold, see rlft.rollout.scheduler). `prefill_tokens` caps the padded tokens of one
-    prefill forward (default: 2048 on CPU, 16384 on GPU). `stats()` describes the last call (decode steps,
-    peak KV bytes, length-prediction error; rlft.rollout.types.ENGINE_STATS); `length_predictions` holds
+    prefill forward (default: 2048 on CPU, 16384 on GPU). `fast_decode`: decode steps of Llama-family models on
+    a CPU run rlft.rollout.fast_decode's lean step instead of transformers' forward (prefill always runs the
+    latter). `stats()` describes the last call (decode steps, peak KV bytes, length-prediction error; rlft.rollout.types.ENGINE_STATS); `length_predictions` holds
     its (predicted, actual) lengths. `before_step`, if given, is called before each engine step (admissions,
     prefill and one decode; the rollout worker picks its thread count there).
     """
@@ -80,6 +82,7 @@ class BuiltinEngine:
         logits_processor: LogitsProcessor | None = None,
         kv_budget_tokens: int | None = None,
         before_step: Callable[[], None] | None = None,
+        fast_decode: bool = True,
     ):
         if scheduling not in ("full", "micro", "infinite"):
             raise UserError(f"rollout.scheduling must be 'full', 'micro' or 'infinite', got {scheduling!r}")
@@ -110,6 +113,8 @@ class BuiltinEngine:
         # newer transformers name the cache argument `cache` and warn on `past_key_values`; older ones know only that
         self.cache_arg = "cache" if "cache" in forward_params else "past_key_values"
         self.cache = PagedKVCache(self.device, param.dtype, block_size)
+        # the lean decode step reads the paged cache in row chunks, which only the 'sdpa' path sets up
+        self.fast = FastDecoder(model) if fast_decode and self.attn == "sdpa" and not unsupported(model) else None
         self.predictor = LengthPredictor()
         self.counters: dict[str, float] = {}
         self.length_predictions: list[tuple[float, int]] = []  # (predicted, actual) of the last call
@@ -144,8 +149,8 @@ class BuiltinEngine:
         except ValueError as e:
             raise UserError(f"{e}; raise rollout.max_slots or pick rollout.scheduling=infinite") from None
         self.cache.clear()  # blocks a caller left behind by not draining a previous call are free again
-        self.counters = {"decode_steps": 0, "decode_rows": 0, "prefill_forwards": 0, "prefill_tokens": 0,
-                         "generated_tokens": 0, "probe_tokens": sched.probe_tokens}
+        self.counters = {"decode_steps": 0, "fast_decode_steps": 0, "decode_rows": 0, "prefill_forwards": 0,
+                         "prefill_tokens": 0, "generated_tokens": 0, "probe_tokens": sched.probe_tokens}
         self.length_predictions = []
         # KV a run without preemption must reserve: the blocks of open prompts and parked probes, plus every
         # slot's worth of a longest response (its first max_new_tokens - 1 tokens enter the cache)
@@ -273,9 +278,13 @@ class BuiltinEngine:
         self.cache.write_slots = torch.tensor(slots, device=dev)
         self.cache.read_blocks = table
         self.cache.row_chunks = _row_chunks(list(map(len, tables))) if self.attn == "sdpa" else None
-        logits = self._forward(torch.tensor(ids, device=dev)[:, None], pos, mask[:, None, None], pos[:, None, :, None],
-                               key_pos[:, None, None])
+        ids = torch.tensor(ids, device=dev)[:, None]
+        if self.fast is not None:
+            logits = self.fast(ids, pos, mask[:, None, None], self.cache)
+        else:
+            logits = self._forward(ids, pos, mask[:, None, None], pos[:, None, :, None], key_pos[:, None, None])
         self.counters["decode_steps"] += 1
+        self.counters["fast_decode_steps"] += self.fast is not None
         self.counters["decode_rows"] += len(rows)
         self._sample(rows, logits[:, -1], params)
         return rows

@@ -40,6 +40,7 @@ class Completion:
 # means a mean weighted by that key's count. They reach metrics.jsonl and summary.json as rollout/<key>.
 ENGINE_STATS: dict[str, tuple[str, str]] = {
     "decode_steps": ("sum", "decode forward passes (each one token for every running sample)"),
+    "fast_decode_steps": ("sum", "decode passes run by the lean Llama-family step on a CPU (rollout.fast_decode)"),
     "decode_rows": ("sum", "sample-tokens those passes decoded (rows summed over passes)"),
     "prefill_forwards": ("sum", "forward passes over prompts"),
     "prefill_tokens": ("sum", "prompt tokens prefilled, once per group (its samples share them)"),
