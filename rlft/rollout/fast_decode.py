@@ -5,8 +5,9 @@ On a CPU that step is bound by reading the weights, and transformers' modules ad
 and module calls per step on top (for a 31M-parameter model at 4-16 rows: ~40 % of a bf16 step). This
 step computes the same function from the same parameters with fewer, larger kernels:
 
-- q/k/v and gate/up projections each fused into one matrix, every projection pre-packed for oneDNN's
-  GEMM (its blocked layout reads at close to memory bandwidth at few rows; plain `F.linear` does not);
+- q/k/v and gate/up projections each fused into one matrix, and pre-packed for oneDNN's GEMM (its blocked
+  layout reads at close to memory bandwidth at few rows, where plain `F.linear` reaches ~60-75 % of it): bf16
+  weights always, fp32 weights of 1 MiB and more;
 - RMSNorm as one fused op, the rotary angles once per step (from the model's own rotary module, so every
   rope scaling it knows applies), attention through the paged cache like transformers' path.
 
@@ -57,20 +58,28 @@ def _layout_of(layer: torch.nn.Module) -> bool:
     return all(part is not None and all(hasattr(part, n) for n in attrs) for part, attrs in names)
 
 
-def _packable(dtype: torch.dtype) -> bool:
+# oneDNN's packed fp32 GEMM reads a large weight faster than F.linear at few rows, but costs ~15 us more a call:
+# a weight that stays in cache (the embedded 1.07M model's) is faster through F.linear (scripts/bench_fast_decode.py)
+PACK_FP32_MIN_BYTES = 1 << 20
+
+
+def _packable(weight: torch.Tensor) -> bool:
     if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
         return False
-    return dtype == torch.float32 or (dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if weight.dtype == torch.float32:
+        return weight.numel() * 4 >= PACK_FP32_MIN_BYTES
+    return weight.dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 class _Linear:
-    """y = x W^T + b with W pre-packed for oneDNN (any row count; plain F.linear where oneDNN is missing)."""
+    """y = x W^T + b with W pre-packed for oneDNN (any row count); plain F.linear where oneDNN is missing and
+    for small fp32 weights."""
 
     __slots__ = ("weight", "bias", "packed")
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
         self.weight, self.bias = weight.contiguous(), bias
-        self.packed = _packable(weight.dtype)
+        self.packed = _packable(self.weight)
         if self.packed:
             self.weight = torch.ops.mkldnn._reorder_linear_weight(self.weight, 16)
 
