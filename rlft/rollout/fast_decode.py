@@ -14,7 +14,7 @@ step computes the same function from the same parameters with fewer, larger kern
 The packed copies are rebuilt when a parameter changes (their in-place version counters move: a weight
 load), so they cost one extra copy of the decoder's weights in the rollout worker. Prefill stays on
 transformers' forward. Architectures outside `supported` (and models on a GPU) use transformers' forward;
-`unsupported(model)` says why.
+`unsupported(model)` says why. docs/methods.md#fast-decode.
 """
 
 from __future__ import annotations
@@ -135,6 +135,7 @@ class FastDecoder:
         self._versions: tuple | None = None
         self._params = list(model.parameters())
         self.layers: list[_Layer] = []
+        self.head: _Linear | None = None
 
     def _refresh(self) -> None:
         """(Re)build the fused, packed weights when any parameter changed since they were built."""
@@ -142,6 +143,7 @@ class FastDecoder:
         if versions == self._versions:
             return
         inner = self.model.model
+        self.layers, self.head = [], None  # the old copies go before the new ones are made: one extra copy at most
         self.layers = [_Layer(layer) for layer in inner.layers]
         self.embed = self.model.get_input_embeddings().weight.detach()
         self.norm, self.norm_eps = inner.norm.weight.detach(), inner.norm.variance_epsilon
