@@ -2,7 +2,7 @@
 
 A decode step feeds one token per running sample: a handful of rows through every weight of the model.
 On a CPU that step is bound by reading the weights, and transformers' modules add a few hundred small ops
-and module calls per step on top (for a 31M-parameter model at 4-16 rows: ~40 % of a bf16 step). This
+and module calls per step on top (for a 31M-parameter model at 4-16 rows, about half of a bf16 step). This
 step computes the same function from the same parameters with fewer, larger kernels:
 
 - q/k/v and gate/up projections each fused into one matrix, and pre-packed for oneDNN's GEMM (its blocked
@@ -13,8 +13,8 @@ step computes the same function from the same parameters with fewer, larger kern
 
 The packed copies are rebuilt when a parameter changes (their in-place version counters move: a weight
 load), so they cost one extra copy of the decoder's weights in the rollout worker. Prefill stays on
-transformers' forward. Architectures outside `supported` (and models on a GPU) use transformers' forward;
-`unsupported(model)` says why. docs/methods.md#fast-decode.
+transformers' forward. Model types outside `MODEL_TYPES`, other module layouts and models on a GPU decode
+through transformers' forward too; `unsupported(model)` says why. docs/methods.md#fast-decode.
 """
 
 from __future__ import annotations
