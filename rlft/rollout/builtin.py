@@ -64,9 +64,10 @@ class BuiltinEngine:
     hold, see rlft.rollout.scheduler). `prefill_tokens` caps the padded tokens of one
     prefill forward (default: 2048 on CPU, 16384 on GPU). `fast_decode`: decode steps of Llama-family models on
     a CPU run rlft.rollout.fast_decode's lean step instead of transformers' forward (prefill always runs the
-    latter). `stats()` describes the last call (decode steps, peak KV bytes, length-prediction error; rlft.rollout.types.ENGINE_STATS); `length_predictions` holds
-    its (predicted, actual) lengths. `before_step`, if given, is called before each engine step (admissions,
-    prefill and one decode; the rollout worker picks its thread count there).
+    latter). `stats()` describes the last call (decode steps, peak KV bytes, length-prediction error;
+    rlft.rollout.types.ENGINE_STATS); `length_predictions` holds its (predicted, actual) lengths. `before_step`,
+    if given, is called before each engine step (admissions, prefill and one decode; the rollout worker picks its
+    thread count there).
     """
 
     def __init__(
@@ -149,6 +150,8 @@ class BuiltinEngine:
         except ValueError as e:
             raise UserError(f"{e}; raise rollout.max_slots or pick rollout.scheduling=infinite") from None
         self.cache.clear()  # blocks a caller left behind by not draining a previous call are free again
+        if self.fast is not None:
+            self.fast.refresh()
         self.counters = {"decode_steps": 0, "fast_decode_steps": 0, "decode_rows": 0, "prefill_forwards": 0,
                          "prefill_tokens": 0, "generated_tokens": 0, "probe_tokens": sched.probe_tokens}
         self.length_predictions = []

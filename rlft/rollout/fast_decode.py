@@ -137,8 +137,9 @@ class FastDecoder:
         self.layers: list[_Layer] = []
         self.head: _Linear | None = None
 
-    def _refresh(self) -> None:
-        """(Re)build the fused, packed weights when any parameter changed since they were built."""
+    def refresh(self) -> None:
+        """(Re)build the fused, packed weights if any parameter changed since they were built (the engine calls
+        it once per generate call: weights do not change within one)."""
         versions = tuple((p._version, p.data_ptr()) for p in self._params)  # in-place writes and swapped storage
         if versions == self._versions:
             return
@@ -155,8 +156,8 @@ class FastDecoder:
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
                  cache: PagedKVCache) -> torch.Tensor:
         """Logits [rows, 1, vocab] of one token per row: `ids`, `positions` [rows, 1]; `mask` [rows, 1, 1, keys]
-        over the blocks `cache.read_blocks` lists in `cache.row_chunks` (the engine's decode step sets both)."""
-        self._refresh()
+        over the blocks `cache.read_blocks` lists in `cache.row_chunks` (the engine's decode step sets both); the
+        weights are those of the last `refresh()`."""
         rows = ids.shape[0]
         hidden = F.embedding(ids[:, 0], self.embed)
         cos, sin = self.rotary(hidden, positions)  # [rows, 1, head_dim]
