@@ -57,6 +57,26 @@ def test_the_fast_decode_step_samples_what_transformers_forward_samples(tokenize
         assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("kind", ["qwen2", "llama"])
+def test_the_fast_decode_step_over_onednn_packed_fp32_weights_samples_what_transformers_forward_samples(
+        tokenizer, monkeypatch, kind):
+    # the test models' weights are below the size from which fp32 weights are packed: pack them all, so the
+    # packed GEMMs and the residual adds fused into them are the ones compared
+    import rlft.rollout.fast_decode as fast_decode
+
+    if not fast_decode._packable(torch.ones(1 << 20, dtype=torch.float32)):
+        pytest.skip("this torch has no oneDNN linear")
+    monkeypatch.setattr(fast_decode, "PACK_FP32_MIN_BYTES", 0)
+    model = _model(kind, tied=False)
+    params = SamplingParams(n=3, temperature=1.0, max_new_tokens=20, seed=4)
+    fast, got = _run(model, tokenizer, True, params)
+    _, want = _run(model, tokenizer, False, params)
+    assert all(layer.qkv.packed and layer.o.packed and layer.down.packed for layer in fast.fast.layers)
+    assert [c.token_ids for c in got] == [c.token_ids for c in want]
+    for a, b in zip(got, want):
+        assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=0)
+
+
 def test_the_fast_decode_step_in_bfloat16_stays_within_bfloat16_rounding_of_transformers(tokenizer):
     model = _model("qwen2", torch.bfloat16)
     params = SamplingParams(n=3, temperature=1.0, max_new_tokens=20, seed=4)

@@ -8,8 +8,10 @@ step computes the same function from the same parameters with fewer, larger kern
 - q/k/v and gate/up projections each fused into one matrix, and pre-packed for oneDNN's GEMM (its blocked
   layout reads at close to memory bandwidth at few rows, where plain `F.linear` reaches ~60-75 % of it): bf16
   weights always, fp32 weights of 1 MiB and more;
+- the residual adds inside the output and down projections' packed GEMMs (oneDNN's binary post-op);
 - RMSNorm as one fused op, the rotary angles once per step (from the model's own rotary module, so every
-  rope scaling it knows applies), attention through the paged cache like transformers' path.
+  rope scaling it knows applies) applied to q and k at once, attention through the paged cache like
+  transformers' path.
 
 The packed copies are rebuilt when a parameter changes (their in-place version counters move: a weight
 load), so they cost one extra copy of the decoder's weights in the rollout worker. Prefill stays on
@@ -83,10 +85,14 @@ class _Linear:
         if self.packed:
             self.weight = torch.ops.mkldnn._reorder_linear_weight(self.weight, 16)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """x W^T + b, plus `residual` if given (oneDNN adds it inside the GEMM: one pass over the output)."""
         if self.packed:
+            if residual is not None:
+                return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.weight, self.bias, "add")
             return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
-        return F.linear(x, self.weight, self.bias)
+        y = F.linear(x, self.weight, self.bias)
+        return y if residual is None else residual + y
 
 
 def _fused(*linears: torch.nn.Linear) -> _Linear:
@@ -118,13 +124,10 @@ class _Layer:
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    # transformers' Llama RMSNorm: normalise in fp32, cast back, then scale
+    # transformers' Llama RMSNorm: normalise in fp32, cast back, then scale (in fp32 that is one fused call)
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
     return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
 class FastDecoder:
@@ -161,15 +164,21 @@ class FastDecoder:
         rows = ids.shape[0]
         hidden = F.embedding(ids[:, 0], self.embed)
         cos, sin = self.rotary(hidden, positions)  # [rows, 1, head_dim]
+        # rotate_half(x) * sin == roll(x, half) * (sin with its first half negated): one roll instead of two
+        # slices, a negation and a cat, for q and k together (they sit side by side in the fused projection)
+        half = cos.shape[-1] // 2
+        sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
         for i, layer in enumerate(self.layers):
             x = _rms_norm(hidden, layer.norm1, layer.eps1)
-            q, k, v = layer.qkv(x).split(layer.splits, dim=-1)
-            q = _rotate(q.view(rows, layer.heads, layer.head_dim), cos, sin)
-            k = _rotate(k.view(rows, layer.kv_heads, layer.head_dim), cos, sin)
-            cache.update(k[:, :, None], v.view(rows, layer.kv_heads, 1, layer.head_dim), i)
+            qkv = layer.qkv(x)
+            qk_width = layer.splits[0] + layer.splits[1]
+            qk = qkv[:, :qk_width].view(rows, layer.heads + layer.kv_heads, layer.head_dim)
+            qk = qk * cos + qk.roll(half, -1) * sin
+            q, k = qk[:, : layer.heads], qk[:, layer.heads :]
+            cache.update(k[:, :, None], qkv[:, qk_width:].view(rows, layer.kv_heads, 1, layer.head_dim), i)
             attn = cache.attend(i, q[:, :, None], mask, layer.scaling)  # [rows, 1, heads, head_dim]
-            hidden = hidden + layer.o(attn.reshape(rows, -1))
+            hidden = layer.o(attn.reshape(rows, -1), residual=hidden)
             x = _rms_norm(hidden, layer.norm2, layer.eps2)
             gate, up = layer.gate_up(x).split(layer.inter, dim=-1)
-            hidden = hidden + layer.down(F.silu(gate) * up)
+            hidden = layer.down(F.silu(gate) * up, residual=hidden)
         return self.head(_rms_norm(hidden, self.norm, self.norm_eps))[:, None]
