@@ -104,7 +104,7 @@ def _fused(*linears: torch.nn.Linear) -> _Linear:
 
 
 class _Layer:
-    __slots__ = ("qkv", "o", "gate_up", "down", "norm1", "norm2", "eps1", "eps2", "splits", "heads", "kv_heads",
+    __slots__ = ("qkv", "o", "gate_up", "down", "norm1", "norm2", "eps1", "eps2", "qk_width", "heads", "kv_heads",
                  "head_dim", "scaling", "inter")
 
     def __init__(self, layer: torch.nn.Module):
@@ -119,7 +119,7 @@ class _Layer:
         self.head_dim = attn.head_dim
         self.heads = attn.q_proj.out_features // self.head_dim
         self.kv_heads = attn.k_proj.out_features // self.head_dim
-        self.splits = [attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features]
+        self.qk_width = attn.q_proj.out_features + attn.k_proj.out_features  # q and k, then v, in qkv's output
         self.scaling = attn.scaling
 
 
@@ -171,11 +171,10 @@ class FastDecoder:
         for i, layer in enumerate(self.layers):
             x = _rms_norm(hidden, layer.norm1, layer.eps1)
             qkv = layer.qkv(x)
-            qk_width = layer.splits[0] + layer.splits[1]
-            qk = qkv[:, :qk_width].view(rows, layer.heads + layer.kv_heads, layer.head_dim)
+            qk = qkv[:, : layer.qk_width].view(rows, layer.heads + layer.kv_heads, layer.head_dim)
             qk = qk * cos + qk.roll(half, -1) * sin
             q, k = qk[:, : layer.heads], qk[:, layer.heads :]
-            cache.update(k[:, :, None], qkv[:, qk_width:].view(rows, layer.kv_heads, 1, layer.head_dim), i)
+            cache.update(k[:, :, None], qkv[:, layer.qk_width :].view(rows, layer.kv_heads, 1, layer.head_dim), i)
             attn = cache.attend(i, q[:, :, None], mask, layer.scaling)  # [rows, 1, heads, head_dim]
             hidden = layer.o(attn.reshape(rows, -1), residual=hidden)
             x = _rms_norm(hidden, layer.norm2, layer.eps2)
