@@ -293,6 +293,14 @@ class LearnerConfig(Section):
         "same values up to float rounding, fewer tokens); not with learner.backend=deepspeed or an attention other "
         "than sdpa/eager, where every row runs whole",
     )
+    skip_zero_advantage_rows: bool = Field(
+        True,
+        description="rows whose policy-loss weight is zero (advantage 0: every row of a group of equal rewards under "
+        "group-normalised advantages; or weight 0) add nothing to the gradient when the loss has no KL term and no "
+        "entropy bonus, so the learner does not run them: the same update for less compute (rlft.learner.loss."
+        "drop_zero_gradient_rows; metric learner/skipped_rows). Its token-mean statistics (entropy, clip_frac, ratio, "
+        "TIS) are then over the rows it ran",
+    )
     logprobs: Literal["auto", "plain", "fused"] = Field(
         "auto",
         description="'fused': log-probs from hidden states in vocabulary chunks (no full logits); 'auto': fused where "

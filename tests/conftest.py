@@ -43,3 +43,19 @@ def random_qwen2():
         num_key_value_heads=1, max_position_embeddings=256, tie_word_embeddings=True, eos_token_id=2, pad_token_id=0,
     )
     return Qwen2ForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def small_qwen2_dir(tmp_path_factory) -> Path:
+    """A folder with a seeded 2-layer Qwen2 of hidden size 32 (grouped-query attention), for learner steps."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=True, eos_token_id=2, pad_token_id=0,
+    )
+    path = tmp_path_factory.mktemp("small_qwen2")
+    Qwen2ForCausalLM(config).save_pretrained(path)
+    return path

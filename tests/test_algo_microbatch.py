@@ -17,17 +17,8 @@ PROMPT_LENGTHS = [3, 6, 4]
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=True, eos_token_id=2, pad_token_id=0,
-    )
-    path = tmp_path_factory.mktemp("random_qwen2")
-    Qwen2ForCausalLM(config).save_pretrained(path)
-    return path
+def model_dir(small_qwen2_dir):
+    return small_qwen2_dir
 
 
 def make_batch(algo_cfg):

@@ -101,7 +101,8 @@ class DeepSpeedLearner(Learner):
         """One rollout batch: `algo.num_minibatches` optimizer steps over all ranks; returns global statistics."""
         start = time.perf_counter()
         cfg = self.cfg
-        batch = batch.to(self.device)
+        # the batch is the same on every rank, so every rank drops the same rows
+        batch, skipped = self._rows_to_run(batch.to(self.device))
         shards = []
         for m in range(cfg.algo.num_minibatches):
             rows = (batch.minibatch == m).nonzero().flatten()
@@ -119,7 +120,7 @@ class DeepSpeedLearner(Learner):
             stats["grad_norm"] = float(self.engine.get_global_grad_norm())
             self.optimizer_steps += 1
             merge_stats(totals, stats)
-        return self._step_metrics(totals, start)
+        return {**self._step_metrics(totals, start), "learner/skipped_rows": float(skipped)}
 
     def _backward(self, loss: torch.Tensor) -> None:
         # DeepSpeed averages gradients over ranks; the shares must add up, so undo the average

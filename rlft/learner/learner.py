@@ -11,7 +11,7 @@ from typing import Iterator
 import torch
 
 from rlft.learner.logprobs import token_logprobs, use_fused_logprobs
-from rlft.learner.loss import micro_batch_loss
+from rlft.learner.loss import drop_zero_gradient_rows, micro_batch_loss
 from rlft.learner.micro_batches import micro_batch_rows
 from rlft.learner.neuzip import NeuZip
 from rlft.learner.packing import pack_cap, pack_units, packable, packed_logprobs, prompt_groups, unit_lengths
@@ -114,7 +114,7 @@ class Learner:
         """One rollout batch: `algo.num_minibatches` optimizer steps; returns averaged statistics."""
         start = time.perf_counter()
         cfg = self.cfg
-        batch = batch.to(self.device)
+        batch, skipped = self._rows_to_run(batch.to(self.device))
         old = self._frozen_logprobs(self.model, batch) if cfg.algo.num_minibatches > 1 else None
         ref = self._reference(batch)
         totals: dict[str, float] = {}
@@ -144,7 +144,13 @@ class Learner:
             self.scheduler.step()
             self.optimizer_steps += 1
             merge_stats(totals, stats)
-        return self._step_metrics(totals, start)
+        return {**self._step_metrics(totals, start), "learner/skipped_rows": float(skipped)}
+
+    def _rows_to_run(self, batch: TrainBatch) -> tuple[TrainBatch, int]:
+        """The rows whose loss has a gradient (learner.skip_zero_advantage_rows), and how many others there were."""
+        if not self.cfg.learner.skip_zero_advantage_rows:
+            return batch, 0
+        return drop_zero_gradient_rows(batch, self.cfg.algo)
 
     def _finite(self, stats: dict[str, float]) -> bool:
         """Whether the mini-batch's loss and every gradient are finite (checked before anything uses them)."""

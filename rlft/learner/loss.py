@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from rlft.algorithms.policy_loss import POLICY_LOSSES, importance_log_ratio, kl_penalty, truncated_is_weights
+from rlft.learner.types import TrainBatch
 
 
 def micro_batch_loss(
@@ -56,3 +57,34 @@ def micro_batch_loss(
         stats["ratio_mean"] = (ratio * per_token).sum().item()
         stats["ratio_max"] = (ratio * response_mask).max().item() if response_mask.any() else 1.0
     return loss, stats
+
+
+def drop_zero_gradient_rows(batch: TrainBatch, algo_cfg) -> tuple[TrainBatch, int]:
+    """The batch without the rows whose loss has no gradient, and how many were dropped.
+
+    Every policy loss is the advantage times a function of the ratio, scaled by the row's weight, so a row
+    with advantage x weight == 0 (a group of equal rewards under group-normalised advantages) adds exactly
+    zero, unless the loss also has a KL term or an entropy bonus (then nothing is dropped). The update is the
+    same without them. Each mini-batch keeps at least one row, so it still takes its optimizer step (AdamW
+    moves on momentum alone, and skips parameters without a gradient). Token weights are rescaled within each
+    mini-batch so the statistics they weigh stay token-means, over the rows that remain.
+    """
+    if algo_cfg.entropy_coef or (algo_cfg.kl_coef > 0 and algo_cfg.kl_mode == "loss"):
+        return batch, 0
+    live = (batch.advantages * batch.weights) != 0
+    if bool(live.all()):
+        return batch, 0
+    tokens = batch.response_mask.sum(dim=1) * batch.token_weights
+    keep = live.clone()
+    scale = torch.ones_like(batch.token_weights)
+    for m in batch.minibatch.unique():
+        rows = batch.minibatch == m
+        if not bool(keep[rows].any()):
+            keep[rows.nonzero()[0]] = True
+        kept = float(tokens[rows & keep].sum())
+        if kept > 0:
+            scale[rows] = float(tokens[rows].sum()) / kept
+    index = keep.nonzero().flatten()
+    part = batch.select(index)
+    part.token_weights = part.token_weights * scale[index]
+    return part, int(len(batch) - len(index))
