@@ -107,6 +107,16 @@ def test_reward_loads_from_a_file_a_module_and_a_registered_name(reward_file, tm
     assert metrics["reward/exact_answer"] == pytest.approx(2 / 3)
 
 
+def test_the_embedded_tasks_rewards_score_a_chunk_in_one_call_and_rows_without_an_answer_score_zero():
+    cfg = RewardConfig(functions=[{"name": "exact_answer"}, {"name": "final_answer"}])
+    rows = [{"prompt": "p", "answer": "7"}, {"prompt": "p", "answer": 7}, {"prompt": "p"}, {"prompt": "p", "answer": "3"}]
+    with RewardScorer(cfg) as scorer:
+        assert all(f.batched for f in scorer.functions)
+        rewards, metrics = scorer.score(["p"] * 4, [" 7 ", "7", "", "x\n#3"], rows)
+    assert rewards == [1.0, 1.0, 1.0, 1.0]  # exact_answer 1, 1, 1 ('' == ''), 0; final_answer 0, 0, 0, 1
+    assert metrics["reward/exact_answer"] == pytest.approx(3 / 4) and metrics["reward/final_answer"] == pytest.approx(1 / 4)
+
+
 def test_reward_file_that_does_not_import_fails_at_start_naming_the_file_and_line(tmp_path):
     path = tmp_path / "broken.py"
     path.write_text("import os\n\nx = undefined_name\n")

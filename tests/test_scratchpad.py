@@ -51,7 +51,7 @@ def test_final_answer_reads_only_the_text_after_the_last_hash():
     assert is_correct("1+2=4\n#3", "3")  # the scratchpad is not checked, as a reasoning verifier would not
     assert not is_correct("1+2=3\n#4", "3") and not is_correct("3", "3")
     reward = REWARDS.get("final_answer")
-    assert reward("1+2=", "1+2=3\n#3", answer="3") == 1.0 and reward("1+2=", "1+2=3", answer="3") == 0.0
+    assert reward(["1+2="] * 2, ["1+2=3\n#3", "1+2=3"], answer=["3", "3"]) == [1.0, 0.0]  # batched: lists in, out
 
 
 def test_data_source_scratchpad_brings_its_model_reward_and_cap_unless_the_run_sets_them():
