@@ -309,7 +309,8 @@ class LearnerConfig(Section):
     autocast: Literal["none", "bfloat16"] = Field(
         "none",
         description="'bfloat16': forward and backward under bf16 autocast over fp32 weights and optimizer state "
-        "(faster on GPUs and on CPUs with AMX-BF16; log-probs are still reduced in fp32)",
+        "(faster on GPUs and on CPUs with AMX-BF16; log-probs are still reduced in fp32; on a CPU, SDPA attention "
+        "stays fp32, rlft.learner.attention: its bf16 backward there is several times slower)",
     )
     vocab_chunk: int = Field(8192, ge=1, description="vocabulary chunk of the fused log-prob, counted in tokens")
     weight_compression: Literal["none", "neuzip"] = Field(

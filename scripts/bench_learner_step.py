@@ -8,8 +8,8 @@ Shapes:
 - `default`: the embedded default step's batch: 32 prompts x 8 samples, prompts of 9 tokens (BOS + "123+456="),
   responses of 1 to `--response-tokens` tokens, right-padded; the embedded 1.07M model. Cases: whole rows in 64-
   or 256-row micro-batches, or packed groups (a prompt once, its responses after it: rlft.learner.packing), in
-  fp32 or under `learner.autocast=bfloat16` (bf16 matmuls on AMX; at this model's 128-wide layers the casts and
-  CPU attention's bf16 backward cost more than the matmuls save).
+  fp32 or under `learner.autocast=bfloat16` (bf16 matmuls on AMX, attention kept in fp32 on a CPU:
+  rlft.learner.attention).
 - `rollout-heavy`: bench_vs_trl's rollout-heavy batch: the random ~31M Qwen2, 4 prompts x 4 samples, prompts of
   20 tokens, responses of 1 to 256 tokens (geometric, mean ~110, as a random model's end-of-text draws give).
   Cases: whole rows in micro-batches of contiguous rows (how the learner cut them before) or of rows of similar

@@ -37,3 +37,32 @@ def test_bf16_autocast_keeps_fp32_weights_and_stays_close_to_fp32():
     diff = (lp16 - lp32)[lp32 != 0].abs()
     assert diff.mean() < 0.03 and diff.max() < 0.2  # bf16 keeps 8 bits of mantissa: logits of ~10 move by ~0.05
     assert torch.nn.functional.cosine_similarity(g16, g32, dim=0) > 0.99
+
+
+def test_on_a_cpu_attention_runs_in_fp32_under_bf16_autocast_while_the_linear_layers_run_in_bf16(monkeypatch):
+    import rlft.learner.attention as attention
+
+    seen = []
+    real = attention.sdpa_attention_forward
+
+    def spy(module, query, key, value, mask, **kwargs):
+        seen.append((query.dtype, key.dtype, value.dtype, torch.is_autocast_enabled("cpu")))
+        return real(module, query, key, value, mask, **kwargs)
+
+    monkeypatch.setattr(attention, "sdpa_attention_forward", spy)
+    learner, _, _ = _learner_grads("bfloat16")
+    assert learner.model.config._attn_implementation == attention.NAME
+    assert learner.share_prompts  # the packed layout's boolean mask still applies
+    assert seen and all(s == (torch.float32, torch.float32, torch.float32, False) for s in seen)
+    q_proj = learner.model.model.layers[0].self_attn.q_proj
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert q_proj(torch.randn(2, q_proj.in_features)).dtype == torch.bfloat16
+
+
+def test_a_checkpoint_of_a_bf16_autocast_learner_loads_in_plain_transformers(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    learner, _, _ = _learner_grads("bfloat16")
+    learner.save(str(tmp_path))
+    model = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert model.config._attn_implementation in ("sdpa", "eager")

@@ -10,6 +10,7 @@ from typing import Iterator
 
 import torch
 
+from rlft.learner.attention import use_fp32_attention
 from rlft.learner.logprobs import token_logprobs, use_fused_logprobs
 from rlft.learner.loss import drop_zero_gradient_rows, micro_batch_loss
 from rlft.learner.micro_batches import micro_batch_rows
@@ -44,6 +45,8 @@ class Learner:
             self.model.gradient_checkpointing_enable()
             if self.lora:  # frozen embeddings: checkpointed blocks still need an input that wants grad
                 self.model.enable_input_require_grads()
+        if cfg.learner.autocast == "bfloat16" and self.device.type == "cpu":
+            use_fp32_attention(self.model)  # bf16 linear layers, fp32 attention (rlft.learner.attention)
         self.model.train()
         self.fused_logprobs = use_fused_logprobs(cfg.learner.logprobs, self.model.config)
         self.share_prompts = cfg.learner.share_prompts and packable(self.model)
@@ -55,6 +58,8 @@ class Learner:
         self.ref_model = None
         if cfg.algo.kl_coef > 0:
             self.ref_model = load_causal_lm(cfg.model, self.device).eval().requires_grad_(False)
+            if cfg.learner.autocast == "bfloat16" and self.device.type == "cpu":
+                use_fp32_attention(self.ref_model)  # the reference's log-probs computed as the policy's
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.params, cfg.optim)
         warmup = cfg.optim.warmup_steps

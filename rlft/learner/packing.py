@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rlft.learner.attention import NAME as FP32_SDPA
 from rlft.learner.fused_logprob import fused_token_logprobs
 from rlft.learner.logprobs import target_logprobs, token_logprobs
 
@@ -128,9 +129,12 @@ def pack(tokens: torch.Tensor, attention_mask: torch.Tensor, targets_mask: torch
                         as_long(state))
 
 
+SDPA_LIKE = ("sdpa", FP32_SDPA)  # attentions that take a boolean 4-D mask
+
+
 def packable(model) -> bool:
     """Whether the model's attention takes the explicit 4-D mask packing needs (SDPA or eager)."""
-    return (getattr(model.config, "_attn_implementation", None) or "eager") in ("sdpa", "eager")
+    return (getattr(model.config, "_attn_implementation", None) or "eager") in (*SDPA_LIKE, "eager")
 
 
 def model_mask(model, mask: torch.Tensor, positions: torch.Tensor):
@@ -142,7 +146,7 @@ def model_mask(model, mask: torch.Tensor, positions: torch.Tensor):
     attn = config._attn_implementation or "eager"
 
     def as_model(m: torch.Tensor) -> torch.Tensor:
-        if attn == "sdpa":
+        if attn in SDPA_LIKE:
             return m
         dtype = next(model.parameters()).dtype
         return torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill_(~m, torch.finfo(dtype).min)
