@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from rlft.config import resolve_config
 from rlft.errors import ConfigError
@@ -66,7 +67,7 @@ def runs(tmp_path_factory):
         train(async1, resume_dir=root / "resumed")
     finally:
         ray.shutdown()
-    return {name: _records(root / name) for name in ("sync", "async0", "async1", "warm", "resumed")}
+    return {"root": root, **{name: _records(root / name) for name in ("sync", "async0", "async1", "warm", "resumed")}}
 
 
 def _records(run_dir: Path) -> dict[int, dict]:
@@ -107,6 +108,17 @@ def test_async_resume_gives_the_same_metrics_as_not_stopping(runs):
     assert sorted(runs["resumed"]) == [0, 1, 2, 3, 4]
     _assert_same(runs["async1"], runs["resumed"], (3, 4))
     assert runs["resumed"][3]["async/staleness_max"] == 1  # the in-flight batch came back from the checkpoint
+
+
+@pytest.mark.slow
+def test_a_draw_in_flight_carries_its_learner_batch_built_on_the_rollout_thread(runs):
+    from rlft.pipeline.driver import IN_FLIGHT
+
+    in_flight = torch.load(runs["root"] / "async1" / "checkpoints" / "step_000002" / IN_FLIGHT, weights_only=False)
+    assert [d.step for d in in_flight] == [3]
+    batch = in_flight[0].batch  # built when the draw ended, so the step that takes it only calls the learner
+    assert batch is not None and len(batch) == len(in_flight[0].groups) * 4  # rollout.group_size in SMALL
+    assert "weights/negative_share" in in_flight[0].metrics
 
 
 def test_the_queue_draws_the_first_on_policy_steps_one_at_a_time_then_max_staleness_ahead():

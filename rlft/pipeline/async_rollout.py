@@ -30,6 +30,9 @@ class Draw:
     timings: dict[str, float]  # seconds: rollout, reward
     generated: dict[str, int]  # samples, tokens, scored
     engine: dict[str, float]  # the rollout engines' statistics of this draw (rollout/types.py ENGINE_STATS)
+    # the learner batch, built by the draw (in async mode on the rollout thread, off the step's critical path);
+    # None where the step builds it (it needs the learner's reference log-probs, or no group was kept)
+    batch: object = None
 
     def staleness(self, trained_version: int) -> dict[str, float]:
         """Staleness (learner updates between drawing and training) over this batch's samples."""

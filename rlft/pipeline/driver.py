@@ -22,6 +22,7 @@ from rlft.algorithms.weight_stats import weight_statistics
 from rlft.config import RLConfig, config_to_yaml
 from rlft.data import build_task
 from rlft.errors import UserError
+from rlft.learner.types import TrainBatch
 from rlft.models.loading import context_length, load_tokenizer
 from rlft.pipeline import checkpoint as ckpt
 from rlft.pipeline.actors import start_actors
@@ -189,10 +190,28 @@ class Trainer:
         for stats in self.engine_stats:
             engine = merge_engine_stats(engine, stats)
         metrics.update({f"rollout/{k}": v for k, v in engine.items()})
-        return Draw(step, version, groups, metrics, dict(self.sampler.timings), dict(self.sampler.generated), engine)
+        batch = None
+        if len(groups) and not (self.cfg.algo.kl_coef > 0 and self.cfg.algo.kl_mode == "reward"):
+            batch, prepared = self._learner_batch(groups)
+            metrics.update(prepared)
+        return Draw(step, version, groups, metrics, dict(self.sampler.timings), dict(self.sampler.generated), engine,
+                    batch)
+
+    def _learner_batch(self, groups) -> tuple[TrainBatch, dict[str, float]]:
+        """The learner batch of a draw's groups (advantages, once, after a KL reward penalty) and its metrics."""
+        cfg, timeout = self.cfg, self.cfg.train.worker_timeout_s
+        batch, metrics = build_step_batch(
+            groups, cfg.algo, cfg.rollout.max_new_tokens, self.tokenizer.pad_token_id,
+            reference=lambda b: learner_get(self.learner.reference_logprobs.remote(b), self.learner,
+                                            "reference log-probs", timeout),
+        )
+        correct = groups.rewards >= cfg.train.eval_accuracy_threshold  # lengths and weights of right/wrong
+        lengths = batch.response_mask.sum(dim=1).view_as(correct)
+        metrics.update(weight_statistics(batch.weights, batch.advantages, lengths, correct))
+        return batch, metrics
 
     def train_step(self, step: int) -> dict[str, float]:
-        cfg, r = self.cfg, self.cfg.rollout
+        cfg = self.cfg
         t0 = time.perf_counter()
         if self.rollouts is None:
             drawn = self.draw(step, step - 1)
@@ -205,15 +224,10 @@ class Trainer:
         self.state["rollout"] = merge_engine_stats(self.state.get("rollout", {}), drawn.engine)
         if len(groups):
             timeout = cfg.train.worker_timeout_s
-            batch, batch_metrics = build_step_batch(  # advantages, once (after a KL reward penalty)
-                groups, cfg.algo, r.max_new_tokens, self.tokenizer.pad_token_id,
-                reference=lambda b: learner_get(self.learner.reference_logprobs.remote(b), self.learner,
-                                                "reference log-probs", timeout),
-            )
-            metrics.update(batch_metrics)
-            correct = groups.rewards >= cfg.train.eval_accuracy_threshold  # lengths and weights of right/wrong
-            lengths = batch.response_mask.sum(dim=1).view_as(correct)
-            metrics.update(weight_statistics(batch.weights, batch.advantages, lengths, correct))
+            batch = drawn.batch
+            if batch is None:  # the KL is charged to the rewards: the learner's reference log-probs, between steps
+                batch, prepared = self._learner_batch(groups)
+                metrics.update(prepared)
             metrics.update(learner_get(self.learner.train_step.remote(batch, *self._expected()), self.learner, "learner step", timeout))
             t3 = time.perf_counter()
             if self.rollouts is None:  # async: the next draw loads the weights itself
