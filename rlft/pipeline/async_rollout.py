@@ -17,6 +17,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable
 
+from rlft.learner.types import TrainBatch
+
 
 
 @dataclass
@@ -32,7 +34,7 @@ class Draw:
     engine: dict[str, float]  # the rollout engines' statistics of this draw (rollout/types.py ENGINE_STATS)
     # the learner batch, built by the draw (in async mode on the rollout thread, off the step's critical path);
     # None where the step builds it (it needs the learner's reference log-probs, or no group was kept)
-    batch: object = None
+    batch: TrainBatch | None = None
 
     def staleness(self, trained_version: int) -> dict[str, float]:
         """Staleness (learner updates between drawing and training) over this batch's samples."""
