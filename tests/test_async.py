@@ -44,18 +44,6 @@ def test_async_mode_splits_the_cores_between_rollout_and_learner(monkeypatch):
     assert torch_threads(resolve_config("grpo-ba", None, ["train.mode=async", "algo.tis_cap=2", "ray.torch_threads=3"])) == 3
 
 
-def test_actor_processes_bound_onednns_kernel_cache_unless_the_user_set_it(monkeypatch):
-    from rlft.pipeline.process import ONEDNN_KERNEL_CACHE, set_torch_threads
-
-    cfg = resolve_config("grpo-ba", None, [f"ray.torch_threads={torch.get_num_threads()}"])  # threads unchanged
-    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
-    set_torch_threads(cfg)
-    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == ONEDNN_KERNEL_CACHE
-    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "512")
-    set_torch_threads(cfg)
-    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "512"
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Four-step runs: sync, async with staleness 0, async with staleness 1, async with staleness 1 after two
