@@ -1,8 +1,10 @@
-"""What an actor process sets for its own memory: oneDNN's per-shape caches bounded (rlft/pipeline/process.py)."""
+"""What an actor process does for its own memory: oneDNN's per-shape caches bounded (rlft/pipeline/process.py), and
+the reward actor kept free of torch and the model code (rlft/pipeline/reward_actor.py)."""
 
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +59,22 @@ def test_a_bf16_learners_memory_stays_bounded_while_its_batch_shape_changes_ever
                          capture_output=True, text=True, check=True)
     growth_mib = float(out.stdout.strip().splitlines()[-1])
     assert growth_mib < 80, f"peak memory grew {growth_mib:.0f} MiB from step 5 to step 40"
+
+
+REWARD_WORKER_IMPORTS = """
+import pickle, sys
+from rlft.pipeline.reward_actor import RewardWorker
+
+worker = RewardWorker(pickle.loads(open(sys.argv[1], "rb").read()))  # the config arrives pickled, as Ray sends it
+scores, _ = worker.score(["1+2="], ["3"], [{"answer": "3"}])
+print(scores, sorted(m for m in ("torch", "transformers", "rlft.learner.learner") if m in sys.modules))
+"""
+
+
+def test_a_reward_worker_scores_without_loading_torch_or_the_model_code(tmp_path):
+    """The reward actor's process imports its own module only: 490 MiB resident when it shared the other actors'."""
+    cfg = tmp_path / "cfg.pkl"
+    cfg.write_bytes(pickle.dumps(resolve_config("grpo-ba", None, [])))
+    out = subprocess.run([sys.executable, "-c", REWARD_WORKER_IMPORTS, str(cfg)],
+                         env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[1.0] []"

@@ -1,4 +1,5 @@
-"""The Ray actors: rollout workers, reward workers and the learner, each in its own process."""
+"""The Ray actors: rollout workers and the learner, each in its own process, and their start with the reward
+workers (rlft/pipeline/reward_actor.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from rlft.models.loading import load_causal_lm, load_tokenizer, pick_device
 from rlft.pipeline.faults import LearnerRestarted
 from rlft.pipeline.learner_group import LearnerGroup
 from rlft.pipeline.process import CoreShare, peak_rss_bytes, set_torch_threads, torch_threads
-from rlft.reward.scorer import RewardScorer
+from rlft.pipeline.reward_actor import RewardWorker
 from rlft.rollout.streaming import StaleWeights
 from rlft.rollout.types import SamplingParams
 
@@ -70,20 +71,6 @@ class RolloutWorker:
     def load_length_predictor(self, predictor) -> None:
         if predictor is not None and hasattr(self.engine, "predictor"):
             self.engine.predictor = predictor
-
-    def peak_memory_bytes(self) -> int:
-        return peak_rss_bytes()
-
-
-class RewardWorker:
-    """Scores completions with the configured reward functions."""
-
-    def __init__(self, cfg):
-        set_torch_threads(cfg)
-        self.scorer = RewardScorer(cfg.reward)
-
-    def score(self, prompts: list[str], completions: list[str], rows: list[dict]) -> tuple[list[float], dict]:
-        return self.scorer.score(prompts, completions, rows)
 
     def peak_memory_bytes(self) -> int:
         return peak_rss_bytes()

@@ -86,7 +86,7 @@ def sampling_seed(base: int, step: int, round_: int = 0, part: int = 0) -> int:
 
 def start_source_scorers(cfg) -> dict[str, Callable[[list, list, list], list[float]]]:
     """One reward actor per `transfer.sources` entry, by arm name: `scorer(prompts, completions, rows) -> scores`."""
-    from rlft.pipeline.actors import RewardWorker
+    from rlft.pipeline.reward_actor import RewardWorker
 
     worker = ray.remote(num_cpus=0)(RewardWorker)
     scorers = {}
