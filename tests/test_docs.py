@@ -29,16 +29,23 @@ def test_no_citation_points_to_a_document_outside_the_repository():
 def test_every_docs_link_in_the_code_names_a_file_and_section_that_exist():
     files = subprocess.run(["git", "ls-files", "rlft", "scripts", "tests", "README.md", "docs"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split()
-    methods = (ROOT / "docs" / "methods.md").read_text()
-    anchors = {_anchor(h) for h in re.findall(r"^#+ (.+)$", methods, flags=re.M)}
     missing = []
     for f in files:
         if not f.endswith((".py", ".md")):
             continue
-        for ref in re.findall(r"docs/methods\.md#([a-z0-9-]+)", (ROOT / f).read_text()):
-            if ref not in anchors:
-                missing.append(f"{f}: #{ref}")
+        text = (ROOT / f).read_text()
+        links = re.findall(r"(docs/[\w/-]+\.md)#([a-z0-9-]+)", text)
+        if f == "README.md":  # its links within itself: (#section)
+            links += [("README.md", ref) for ref in re.findall(r"\]\(#([a-z0-9-]+)\)", text)]
+        for doc, ref in links:
+            target = ROOT / doc
+            if not target.exists() or ref not in _anchors(target):
+                missing.append(f"{f}: {doc}#{ref}")
     assert missing == [], missing
+
+
+def _anchors(path: Path) -> set[str]:
+    return {_anchor(h) for h in re.findall(r"^#+ (.+)$", path.read_text(), flags=re.M)}
 
 
 def _anchor(heading: str) -> str:
