@@ -29,7 +29,7 @@ PROBE = textwrap.dedent("""
     cfg.ray.num_cpus = 1
     started = ray_session(cfg)
 
-    @ray.remote
+    @ray.remote(num_cpus=0)  # as the run's actors are
     class Probe:
         def pid(self):
             return os.getpid()
@@ -41,8 +41,9 @@ PROBE = textwrap.dedent("""
     pids = {p.pid for p in tree}
     listening = sorted({(c.laddr.ip, c.laddr.port, c.pid) for c in psutil.net_connections("inet")
                         if c.status == psutil.CONN_LISTEN and c.pid in pids})
+    idle = [p.pid for p in tree if " ".join(p.cmdline()).startswith("ray::IDLE")]
     print("RESULT " + json.dumps({"started": started, "actor_in_tree": actor_pid in pids,
-                                  "listening": listening, "processes": len(pids)}))
+                                  "listening": listening, "processes": len(pids), "idle_workers": idle}))
     close_ray(started)
 """)
 
@@ -65,6 +66,11 @@ def test_local_ray_listens_on_loopback_only(probe):
     assert probe["listening"], "found no listening socket at all: the probe did not see Ray's processes"
     beyond = [(ip, port) for ip, port, _ in probe["listening"] if not _loopback(ip)]
     assert not beyond, f"Ray listens beyond loopback: {beyond}"
+
+
+def test_local_ray_keeps_no_idle_worker_processes(probe):
+    # a run creates only actors; a prestarted worker would idle beside them for the whole run (~80 MiB)
+    assert probe["idle_workers"] == []
 
 
 def _loopback(ip: str) -> bool:

@@ -52,6 +52,10 @@ def ray_session(cfg: RLConfig) -> bool:
     # Ray starts workers at niceness 15; our actors do the run's real work while the driver waits,
     # so at that priority any other process on the machine (a build, a test) would starve them.
     os.environ.setdefault("RAY_worker_niceness", "0")
+    # Ray prestarts idle workers for tasks; a run creates only actors, each in a process of its own, so those
+    # idled for the whole run (one per CPU cap: 79 MiB here).
+    os.environ.setdefault("RAY_enable_worker_prestart", "0")
+    os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
     if not torch.cuda.is_available():  # DeepSpeed (imported by transformers/peft) would warn in every actor
         env["DS_ACCELERATOR"] = os.environ.get("DS_ACCELERATOR", "cpu")
     global _private_dir
