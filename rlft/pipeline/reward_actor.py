@@ -27,4 +27,5 @@ class RewardWorker:
         return self.scorer.score(prompts, completions, rows)
 
     def peak_memory_bytes(self) -> int:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+        # as rlft.pipeline.process.peak_rss_bytes, whose module imports torch (Linux reports KiB)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
