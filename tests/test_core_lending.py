@@ -143,3 +143,27 @@ def test_rollout_worker_borrows_the_idle_learners_cores_and_gives_them_back_when
     with CoreShare(flag, CoreShare.LEARNER, 1).busy():
         stats = list(worker.stream(prompts, params))[-1][1]
         assert stats["borrowed_core_steps"] == 0 and torch.get_num_threads() == worker.cores.own_threads
+
+
+def test_the_driver_runs_on_one_torch_thread_during_a_run_and_gives_the_count_back(tmp_path, monkeypatch, threads):
+    from rlft.pipeline import driver
+
+    seen = {}
+
+    class FakeTrainer:  # what train() drives; records the driver's threads while the run is on
+        def __init__(self, cfg, run_dir, started):
+            self.trackers = type("T", (), {"close": lambda self: None})()
+            self.learner, self.rollout, self.rewarders = None, [], []
+
+        def run(self):
+            seen["threads"] = torch.get_num_threads()
+            return {"steps": 0}
+
+    monkeypatch.setattr(driver, "Trainer", FakeTrainer)
+    monkeypatch.setattr(driver, "ray_session", lambda cfg: True)
+    monkeypatch.setattr(driver, "close_ray", lambda started: None)
+    monkeypatch.setattr(driver, "plot_curves", lambda run_dir: None)
+    torch.set_num_threads(2)
+    driver.train(resolve_config("grpo-ba", None, [f"train.output_dir={tmp_path}"]))
+    assert seen["threads"] == driver.DRIVER_TORCH_THREADS == 1
+    assert torch.get_num_threads() == 2

@@ -41,6 +41,7 @@ from rlft.rollout.types import SamplingParams, merge_engine_stats
 
 log = logging.getLogger("rlft")
 IN_FLIGHT = "in_flight.pt"  # async mode: the draws a checkpoint held in flight
+DRIVER_TORCH_THREADS = 1  # the driver process's torch threads during a run (see train)
 
 
 def split_evenly(items: list, parts: int) -> list[list]:
@@ -514,6 +515,11 @@ def train(cfg: RLConfig, resume_dir: Path | None = None) -> dict:
     """Run (or resume) training; returns the summary, also saved as summary.json in the run folder."""
     started = time.perf_counter()
     run_dir = resume_dir if resume_dir is not None else make_run_dir(cfg)
+    # The driver's tensor work is small (a step's batch from token lists, advantages, statistics): a second torch
+    # thread only spins after each op on the cores the actors compute on. Async default: the driver took 0.20 of a
+    # core, 0.10 on one thread, and a step 2-5% less time (docs/measurements.md#driver-threads). Restored after.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(DRIVER_TORCH_THREADS)
     started_ray = ray_session(cfg)
     trainer = None
     try:
@@ -540,3 +546,4 @@ def train(cfg: RLConfig, resume_dir: Path | None = None) -> dict:
             for actor in [*learners, *trainer.rollout, *trainer.rewarders]:
                 ray.kill(actor)
         close_ray(started_ray)
+        torch.set_num_threads(threads)
