@@ -125,8 +125,11 @@ class TreeMemory:
                     continue
                 total += rss
                 role, peak = self.peaks.get(p.pid, (None, 0))
-                if role is None or role == "ray::IDLE" or role.startswith("ray:default"):
-                    role = _role(p)
+                if role is None or not role.startswith("ray::") or role == "ray::IDLE":
+                    # a Ray worker takes its actor's name only once it runs the actor: until then it shows as a
+                    # default worker, or as the shell that starts it, so look again until it has a final name
+                    seen = _role(p)
+                    role = seen if seen != "?" or role is None else role
                 self.peaks[p.pid] = (role, max(peak, rss))
             self.total_peak = max(self.total_peak, total)
             self._stop.wait(self.interval)

@@ -34,3 +34,14 @@ def test_tree_memory_counts_children_of_the_process():
     proc.wait()
     result = memory.stop()
     assert result["processes"] >= 2 and result["sum_peak_mib"] >= 200
+
+
+def test_tree_memory_names_a_process_by_what_it_becomes_not_how_it_started():
+    # a Ray worker is a default worker (or the shell that starts it) before it takes its actor's name
+    bench = load_script()
+    python = os.path.basename(sys.executable)
+    proc = subprocess.Popen(["bash", "-c", f"sleep 0.6; exec {sys.executable} -c 'import time; time.sleep(1.2)'"])
+    memory = bench.TreeMemory(proc.pid, interval=0.05)
+    proc.wait()
+    roles = memory.stop()["by_role_mib"]
+    assert python in roles and "bash" not in roles, roles
