@@ -34,8 +34,8 @@ def test_cpu_time_counts_the_busy_child_and_names_the_root_driver():
     proc = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {spin!r}])"])
     root = psutil.Process(proc.pid)
     seen = {}
-    while proc.poll() is None:  # the last reading before the child exits holds its CPU time
-        seen = bench.cpu_seconds(root)
+    while proc.poll() is None:  # each process's latest reading (a process that exited keeps its last one)
+        seen.update(bench.cpu_seconds(root))
         time.sleep(0.05)
     roles = [role for role, _ in seen.values()]
     assert roles.count("driver") == 1

@@ -516,8 +516,8 @@ def train(cfg: RLConfig, resume_dir: Path | None = None) -> dict:
     started = time.perf_counter()
     run_dir = resume_dir if resume_dir is not None else make_run_dir(cfg)
     # The driver's tensor work is small (a step's batch from token lists, advantages, statistics): a second torch
-    # thread only spins after each op on the cores the actors compute on. Async default: the driver took 0.20 of a
-    # core, 0.10 on one thread, and a step 2-5% less time (docs/measurements.md#driver-threads). Restored after.
+    # thread only spins after each op, on the cores the actors compute on (async default: the driver took 0.21 of a
+    # core, 0.09 on one thread; docs/measurements.md#driver-threads). The caller's count comes back at the end.
     threads = torch.get_num_threads()
     torch.set_num_threads(DRIVER_TORCH_THREADS)
     started_ray = ray_session(cfg)
