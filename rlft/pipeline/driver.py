@@ -515,12 +515,12 @@ def train(cfg: RLConfig, resume_dir: Path | None = None) -> dict:
     """Run (or resume) training; returns the summary, also saved as summary.json in the run folder."""
     started = time.perf_counter()
     run_dir = resume_dir if resume_dir is not None else make_run_dir(cfg)
+    started_ray = ray_session(cfg)
     # The driver's tensor work is small (a step's batch from token lists, advantages, statistics): a second torch
     # thread only spins after each op, on the cores the actors compute on (async default: the driver took 0.21 of a
     # core, 0.09 on one thread; docs/measurements.md#driver-threads). The caller's count comes back at the end.
-    threads = torch.get_num_threads()
+    threads = torch.get_num_threads()  # set after Ray starts: a start that fails leaves the count as it was
     torch.set_num_threads(DRIVER_TORCH_THREADS)
-    started_ray = ray_session(cfg)
     trainer = None
     try:
         trainer = Trainer(cfg, run_dir, started)
